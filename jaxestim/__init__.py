@@ -1,0 +1,69 @@
+"""jaxestim: Monte Carlo gradient estimators for stochastic programs in JAX.
+
+Write ``f(key, params, *args) -> scalar`` that draws randomness through
+:func:`jaxestim.sample`, then differentiate its expectation like ``jax.grad``::
+
+    import jaxestim as je
+
+    g = je.grad(f, je.score_function(baseline="leave_one_out"), num_samples=64)(key, params)
+
+The same program runs under every estimator (pathwise, score function, Gumbel-softmax,
+straight-through, finite differences, StochasticAD-style), composes with ``jax.jit``,
+``jax.vmap`` and :func:`jaxestim.scan`, and runs on CPU/GPU/TPU.
+"""
+
+from jaxestim import baselines, distributions
+from jaxestim._errors import EstimatorError
+from jaxestim._estimators import (
+    Auto,
+    Estimator,
+    FiniteDifference,
+    GumbelSoftmax,
+    Pathwise,
+    ScoreFunction,
+    StraightThrough,
+    auto,
+    finite_difference,
+    gumbel_softmax,
+    pathwise,
+    reinforce,
+    score_function,
+    select,
+    straight_through,
+)
+from jaxestim._handlers import fori_loop, sample, scan
+from jaxestim._stochastic_ad import StochasticAD, StochasticTriple, stochastic_ad, stochastic_triple
+from jaxestim._transforms import grad, grad_samples, value_and_grad
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "Auto",
+    "Estimator",
+    "EstimatorError",
+    "FiniteDifference",
+    "GumbelSoftmax",
+    "Pathwise",
+    "ScoreFunction",
+    "StochasticAD",
+    "StochasticTriple",
+    "StraightThrough",
+    "auto",
+    "baselines",
+    "distributions",
+    "finite_difference",
+    "fori_loop",
+    "grad",
+    "grad_samples",
+    "gumbel_softmax",
+    "pathwise",
+    "reinforce",
+    "sample",
+    "scan",
+    "score_function",
+    "select",
+    "stochastic_ad",
+    "stochastic_triple",
+    "straight_through",
+    "value_and_grad",
+]

@@ -1,0 +1,532 @@
+"""Gradient estimators: pathwise, score function, relaxations, finite differences, auto.
+
+Every estimator is a small frozen pytree dataclass: numeric hyper-parameters (temperature,
+finite-difference step, constant baseline) are leaves and may be traced, so
+``jax.vmap`` over them works; configuration (scheme, flags) is static.
+
+Two kinds exist:
+
+* *site-level* estimators (:func:`pathwise`, :func:`score_function`,
+  :func:`gumbel_softmax`, :func:`straight_through`, :func:`auto`) act at each sample site
+  and build a surrogate objective whose reverse-mode gradient is the estimate; they may be
+  mixed per site with ``je.sample(..., estimator=...)``.
+* *whole-program* estimators (:func:`finite_difference`, and
+  :func:`jaxestim.stochastic_ad`) re-run the program at perturbed parameters; they take no
+  per-site overrides.
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+import jax
+import jax.numpy as jnp
+
+from jaxestim import baselines as _baselines
+from jaxestim._errors import EstimatorError
+from jaxestim._handlers import Handler
+from jaxestim._util import check_positive, concrete, fold_in_str, pytree_dataclass, static_field
+from jaxestim.distributions import Bernoulli, Categorical, Distribution, OneHotCategorical
+
+_RELAXABLE = (Bernoulli, Categorical, OneHotCategorical)
+
+
+class Estimator:
+    """Base class of all estimators."""
+
+    site_level: ClassVar[bool] = True
+    name: ClassVar[str] = "estimator"
+
+    @property
+    def has_state(self) -> bool:
+        """Whether the estimator carries state between calls (see :meth:`init`)."""
+        return False
+
+    def init(self) -> Any:
+        """Initial estimator state; ``None`` for stateless estimators."""
+        return None
+
+    def check(self, num_samples: int) -> None:
+        """Validate against the transform's configuration (raises ``ValueError``)."""
+
+    def process_site(
+        self, ctx: SurrogateHandler, key: jax.Array, dist: Distribution, sample_shape: tuple
+    ) -> jax.Array:
+        raise NotImplementedError
+
+
+def _site_error(est: str, dist: Distribution, why: str, suggest: str) -> EstimatorError:
+    return EstimatorError(
+        f"{est} cannot handle a {type(dist).__name__} sample site: {why}. Use {suggest}, "
+        f"either for the whole program or at this site via "
+        f"je.sample(key, dist, estimator=...)."
+    )
+
+
+def _is_index_categorical(dist: Distribution) -> bool:
+    """A Categorical with integer values (not OneHotCategorical, which subclasses it)."""
+    return isinstance(dist, Categorical) and not isinstance(dist, OneHotCategorical)
+
+
+def _one_hot_site(dist: Distribution, x: jax.Array) -> jax.Array:
+    """Categorical index samples as one-hot vectors (relaxation estimators' convention)."""
+    if _is_index_categorical(dist):
+        return jax.nn.one_hot(x, dist.num_categories, dtype=dist.probs.dtype)
+    return x
+
+
+# --------------------------------------------------------------------------------------
+# site-level estimators
+# --------------------------------------------------------------------------------------
+
+
+@pytree_dataclass
+class Pathwise(Estimator):
+    r"""Pathwise (reparameterization) estimator.
+
+    Writes ``x = g(eps; theta)`` with parameter-free noise ``eps`` and differentiates
+    through the sampler: ``grad E[f(x)] = E[grad_theta f(g(eps; theta))]``. Gamma, Beta
+    and Dirichlet use implicit reparameterization (Figurnov et al., 2018), which
+    ``jax.random.gamma`` implements. Unbiased, usually the lowest variance, costs one
+    forward and one backward pass per sample, but needs continuous, reparameterizable
+    sites and ``f`` differentiable in ``x``. At a discrete site it raises
+    :class:`EstimatorError` (its gradient would silently be zero).
+    """
+
+    name: ClassVar[str] = "pathwise"
+
+    def process_site(self, ctx, key, dist, sample_shape):
+        if dist.is_discrete or not dist.is_reparameterized:
+            raise _site_error(
+                "je.pathwise()",
+                dist,
+                "discrete samples have no reparameterization (the pathwise gradient would "
+                "be silently zero)",
+                "je.score_function(), je.stochastic_ad(), je.straight_through() or "
+                "je.gumbel_softmax() (Bernoulli/Categorical)",
+            )
+        return dist.rsample(key, sample_shape)
+
+
+_BASELINE_KINDS = "None, a constant, 'leave_one_out' or je.baselines.MovingAverage(decay)"
+
+
+@pytree_dataclass
+class ScoreFunction(Estimator):
+    r"""Score-function (REINFORCE, likelihood-ratio) estimator.
+
+    ``grad E_{x~p(.;theta)}[f(x, theta)] = E[(f(x, theta) - b) grad log p(x; theta)
+    + grad_theta f(x, theta)]``: the sample is held fixed (stop-gradient) and the gradient
+    flows through its log-probability; any direct dependence of ``f`` on ``theta`` is still
+    differentiated pathwise. Implemented as the surrogate
+    ``f + stop_grad(f - b) * (log p - stop_grad(log p))`` whose value equals ``f``.
+    Unbiased for every distribution (discrete or not) and non-differentiable ``f``, but
+    high variance that grows with the number of random variables; a baseline ``b``
+    (see :mod:`jaxestim.baselines`) reduces it without adding bias. Cost: one forward and
+    one backward pass per sample.
+
+    Attributes:
+      baseline: None, a constant, ``"leave_one_out"`` (needs ``num_samples >= 2``) or a
+        :class:`jaxestim.baselines.MovingAverage` (stateful: pass ``estimator_state``).
+    """
+
+    baseline: Any = None
+    name: ClassVar[str] = "score_function"
+
+    def __post_init__(self) -> None:
+        b = self.baseline
+        if b is None or isinstance(b, _baselines.MovingAverage):
+            return
+        if isinstance(b, str):
+            if b != "leave_one_out":
+                raise ValueError(
+                    f"score_function: unknown `baseline` {b!r}; expected {_BASELINE_KINDS}"
+                )
+            return
+        if hasattr(b, "shape") or isinstance(b, int | float):
+            if jnp.shape(b) != ():
+                raise ValueError(
+                    f"score_function: a constant `baseline` must be a scalar, got shape "
+                    f"{jnp.shape(b)}"
+                )
+            return
+        if concrete(b) is None and not isinstance(b, jax.core.Tracer):
+            return  # placeholder leaf from a pytree utility
+        raise ValueError(f"score_function: invalid `baseline` {b!r}; expected {_BASELINE_KINDS}")
+
+    @property
+    def has_state(self) -> bool:
+        return isinstance(self.baseline, _baselines.MovingAverage)
+
+    def init(self) -> Any:
+        return self.baseline.init() if self.has_state else None
+
+    def check(self, num_samples: int) -> None:
+        if isinstance(self.baseline, str) and num_samples < 2:
+            raise ValueError(
+                "score_function(baseline='leave_one_out') needs `num_samples` >= 2, got "
+                f"{num_samples}"
+            )
+
+    def baseline_value(self, f: jax.Array, total: jax.Array, num_samples: int, state: Any):
+        """The baseline for samples with objective values ``f`` (``total``: sum over all N)."""
+        b = self.baseline
+        if b is None:
+            return jnp.zeros_like(f)
+        if isinstance(b, str):
+            return (total - f) / (num_samples - 1)
+        if isinstance(b, _baselines.MovingAverage):
+            return jnp.broadcast_to(b.value(state).astype(f.dtype), f.shape)
+        return jnp.broadcast_to(jnp.asarray(b, f.dtype), f.shape)
+
+    def process_site(self, ctx, key, dist, sample_shape):
+        ctx.check_score_estimator(self)
+        x = jax.lax.stop_gradient(dist.sample(key, sample_shape))
+        ctx.add_score(self, jnp.sum(dist.log_prob(x)))
+        return x
+
+
+@pytree_dataclass
+class GumbelSoftmax(Estimator):
+    r"""Gumbel-softmax / Concrete relaxation (Jang et al., 2017; Maddison et al., 2017).
+
+    At a Categorical/OneHotCategorical site with logits ``l`` returns
+    ``y = softmax((l + g) / tau)`` with i.i.d. Gumbel noise ``g``; at a Bernoulli site the
+    binary Concrete ``y = sigmoid((l + log u - log(1 - u)) / tau)``. The gradient is the
+    pathwise gradient of ``f`` at the relaxed sample: *biased* (``f`` is evaluated off the
+    discrete support), the bias vanishing as ``tau -> 0`` while the variance grows.
+    ``hard=True`` is straight-through Gumbel: the forward value is the exact discrete
+    sample ``one_hot(argmax(l + g))`` (resp. ``l + logistic noise > 0``) and the backward
+    pass uses the relaxed ``y``.
+
+    ``Categorical`` sites return the (relaxed) one-hot vector with a trailing category
+    axis, not an integer: an index cannot carry a gradient. Index a table with
+    :func:`jaxestim.select`, which accepts both integer and one-hot samples, so the same
+    program runs under every estimator. Continuous sites are reparameterized (pathwise);
+    other discrete sites raise :class:`EstimatorError`.
+
+    Attributes:
+      temperature: ``tau > 0`` (may be traced, e.g. under ``jax.vmap`` or annealed).
+      hard: straight-through variant.
+    """
+
+    temperature: Any = 1.0
+    hard: bool = static_field(default=False)
+    name: ClassVar[str] = "gumbel_softmax"
+
+    def __post_init__(self) -> None:
+        check_positive("gumbel_softmax", "temperature", self.temperature)
+
+    def process_site(self, ctx, key, dist, sample_shape):
+        if not dist.is_discrete:
+            return Pathwise().process_site(ctx, key, dist, sample_shape)
+        if not isinstance(dist, _RELAXABLE):
+            raise _site_error(
+                "je.gumbel_softmax()",
+                dist,
+                "the Concrete relaxation is defined for Bernoulli and (OneHot)Categorical",
+                "je.score_function(), je.stochastic_ad() or je.straight_through()",
+            )
+        logits = dist.logits
+        tau = jnp.asarray(self.temperature, logits.dtype)
+        if isinstance(dist, Bernoulli):
+            u = dist.uniforms(key, sample_shape)
+            z = logits + (jnp.log(u) - jnp.log1p(-u))
+            y = jax.nn.sigmoid(z / tau)
+            hard = (z > 0).astype(y.dtype)
+        else:
+            shape = sample_shape + dist.batch_shape + (dist.num_categories,)
+            z = logits + jax.random.gumbel(key, shape, logits.dtype)
+            y = jax.nn.softmax(z / tau, axis=-1)
+            hard = jax.nn.one_hot(jnp.argmax(z, axis=-1), dist.num_categories, dtype=y.dtype)
+        if self.hard:
+            return hard + (y - jax.lax.stop_gradient(y))
+        return y
+
+
+@pytree_dataclass
+class StraightThrough(Estimator):
+    r"""Straight-through estimator (Bengio, Leonard & Courville, 2013).
+
+    The forward value is an exact discrete sample ``x``; the backward pass treats it as if
+    it were its mean: the site returns ``x + m - stop_grad(m)`` with ``m = E[x]``
+    (``probs`` for one-hot categorical, ``n p`` for Binomial, ``rate`` for Poisson, ...).
+    Exact when ``f`` is linear in ``x`` (then ``grad E[f] = grad f(E[x])``), biased
+    otherwise; low variance and the cost of one forward and backward pass. Categorical
+    sites return one-hot vectors (see :func:`jaxestim.select`); continuous sites are
+    reparameterized.
+    """
+
+    name: ClassVar[str] = "straight_through"
+
+    def process_site(self, ctx, key, dist, sample_shape):
+        if not dist.is_discrete:
+            return Pathwise().process_site(ctx, key, dist, sample_shape)
+        x = jax.lax.stop_gradient(_one_hot_site(dist, dist.sample(key, sample_shape)))
+        mean = dist.probs if _is_index_categorical(dist) else dist.mean
+        mean = jnp.broadcast_to(mean, x.shape).astype(x.dtype)
+        return x + (mean - jax.lax.stop_gradient(mean))
+
+
+@pytree_dataclass
+class Auto(Estimator):
+    """Pathwise where the site is reparameterizable, score function elsewhere.
+
+    Discrete sites use the score function with the leave-one-out baseline when
+    ``num_samples >= 2`` (no baseline otherwise). All score-function sites of one program
+    share one baseline group. Unbiased. This is what ``estimator=None`` means.
+    """
+
+    name: ClassVar[str] = "auto"
+
+    def process_site(self, ctx, key, dist, sample_shape):
+        if dist.is_reparameterized and not dist.is_discrete:
+            return Pathwise().process_site(ctx, key, dist, sample_shape)
+        return ctx.auto_score.process_site(ctx, key, dist, sample_shape)
+
+
+class SurrogateHandler(Handler):
+    """Handler for site-level estimators: runs sites, collects score-function log-probs.
+
+    ``groups`` (shared with loop children) lists the distinct score-function estimators
+    met; ``logp[i]`` is the summed log-probability of this sample's sites in group ``i``.
+    """
+
+    def __init__(self, estimator: Estimator, num_samples: int, shared: dict | None = None):
+        self.estimator = estimator
+        self.num_samples = num_samples
+        self.shared = self.new_shared(num_samples) if shared is None else shared
+        self.logp: dict[int, jax.Array] = {}
+
+    @staticmethod
+    def new_shared(num_samples: int) -> dict:
+        """State shared by one program trace and its loop children."""
+        auto_baseline = "leave_one_out" if num_samples >= 2 else None
+        return {"groups": [], "auto_score": ScoreFunction(baseline=auto_baseline)}
+
+    @property
+    def groups(self) -> list[ScoreFunction]:
+        return self.shared["groups"]
+
+    @property
+    def auto_score(self) -> ScoreFunction:
+        return self.shared["auto_score"]
+
+    def sample(self, key, dist, sample_shape, estimator):
+        est = self.estimator if estimator is None else estimator
+        if not est.site_level:
+            raise EstimatorError(
+                f"je.{est.name}() is a whole-program estimator and cannot be chosen for a "
+                f"single site; per-site overrides must be je.pathwise(), "
+                f"je.score_function(), je.gumbel_softmax(), je.straight_through() or "
+                f"je.auto()"
+            )
+        return est.process_site(self, key, dist, sample_shape)
+
+    def check_score_estimator(self, est: ScoreFunction) -> None:
+        if est.has_state and est is not self.estimator:
+            raise EstimatorError(
+                "a score_function with a stateful MovingAverage baseline can only be the "
+                "transform's estimator (its state is threaded through estimator_state=); "
+                "use a constant or 'leave_one_out' baseline for a per-site override"
+            )
+        est.check(self.num_samples)
+
+    def add_score(self, est: ScoreFunction, logp: jax.Array) -> None:
+        i = next((j for j, g in enumerate(self.groups) if g is est), None)
+        if i is None:
+            self.groups.append(est)
+            i = len(self.groups) - 1
+        self.logp[i] = self.logp[i] + logp if i in self.logp else logp
+
+    def loop_child(self, state):
+        return SurrogateHandler(self.estimator, self.num_samples, self.shared)
+
+    def loop_outputs(self):
+        return None, dict(self.logp)
+
+    def absorb_loop(self, state, stacked):
+        for i, v in stacked.items():
+            self.add_score(self.groups[i], jnp.sum(v, axis=0))
+
+
+# --------------------------------------------------------------------------------------
+# whole-program estimators
+# --------------------------------------------------------------------------------------
+
+
+class WholeProgramHandler(Handler):
+    """Plain sampling at every site; rejects per-site overrides."""
+
+    def __init__(self, name: str):
+        self.name = name
+
+    def sample(self, key, dist, sample_shape, estimator):
+        if estimator is not None:
+            raise EstimatorError(
+                f"je.{self.name}() is a whole-program estimator: sites take no per-site "
+                f"`estimator` override (got je.{estimator.name}())"
+            )
+        return dist.sample(key, sample_shape)
+
+
+_SCHEMES = ("central", "forward", "backward")
+_FD_DIRECTIONS = ("coordinates", "spsa")
+
+
+@pytree_dataclass
+class FiniteDifference(Estimator):
+    r"""Finite differences of the program, optionally with common random numbers.
+
+    For a direction ``v`` and step ``h`` the directional derivative is estimated by
+    ``(f(theta + h v; key) - f(theta - h v; key)) / (2h)`` (``"central"``, bias
+    ``O(h^2)``) or the one-sided ``"forward"``/``"backward"`` schemes (bias ``O(h)``).
+    With ``common_random_numbers=True`` every evaluation reuses the same key, so the
+    randomness cancels (discrete samplers are inverse-CDF coupled) and the variance stays
+    bounded as ``h -> 0``; with independent keys the variance grows like ``1/h^2``.
+    ``directions="coordinates"`` perturbs each of the ``P`` parameters (``2P`` program
+    runs for central differences); ``directions="spsa"`` uses ``num_directions`` random
+    Rademacher vectors ``v`` and returns ``mean_d v_d * D_{v_d} f`` (Spall's SPSA),
+    unbiased up to the scheme's ``O(h)``/``O(h^2)`` bias since ``E[v v^T] = I``.
+    Works for any program (discrete, non-differentiable), needs no autodiff, is biased,
+    and costs ``O(P)`` or ``O(num_directions)`` program runs per sample.
+    """
+
+    step: Any = 1e-2
+    scheme: str = static_field(default="central")
+    common_random_numbers: bool = static_field(default=True)
+    directions: str = static_field(default="coordinates")
+    num_directions: int | None = static_field(default=None)
+    site_level: ClassVar[bool] = False
+    name: ClassVar[str] = "finite_difference"
+
+    def __post_init__(self) -> None:
+        check_positive("finite_difference", "step", self.step)
+        if self.scheme not in _SCHEMES:
+            raise ValueError(
+                f"finite_difference: unknown `scheme` {self.scheme!r}; expected one of {_SCHEMES}"
+            )
+        if self.directions not in _FD_DIRECTIONS:
+            raise ValueError(
+                f"finite_difference: unknown `directions` {self.directions!r}; expected one "
+                f"of {_FD_DIRECTIONS}"
+            )
+        _check_num_directions("finite_difference", self.directions, "spsa", self.num_directions)
+
+    def per_sample(self, call, key, theta):
+        """``(value, gradient estimate, aux)`` for one sample; ``call(key, theta_flat)``."""
+        h = jnp.asarray(self.step, theta.dtype)
+        if self.directions == "coordinates":
+            dirs = jnp.eye(theta.size, dtype=theta.dtype)
+        else:
+            dirs = jax.random.rademacher(
+                fold_in_str(key, "spsa"), (self.num_directions, theta.size), theta.dtype
+            )
+        n = dirs.shape[0]
+        with WholeProgramHandler(self.name):
+            f0, aux = call(key, theta)
+
+            def run(sign: float, offset: int) -> jax.Array:
+                if self.common_random_numbers:
+                    keys = jnp.broadcast_to(key, (n, *key.shape))
+                else:
+                    keys = jax.vmap(lambda j: jax.random.fold_in(key, j))(jnp.arange(n) + offset)
+                return jax.vmap(lambda k, v: call(k, theta + sign * h * v)[0])(keys, dirs)
+
+            if self.scheme == "central":
+                d = (run(1.0, 1) - run(-1.0, 1 + n)) / (2 * h)
+            elif self.scheme == "forward":
+                d = (run(1.0, 1) - f0) / h
+            else:
+                d = (f0 - run(-1.0, 1)) / h
+        grad = d if self.directions == "coordinates" else dirs.T @ d / n
+        return f0, grad, aux
+
+
+def _check_num_directions(owner: str, directions: str, random_kind: str, num) -> None:
+    if directions == random_kind:
+        if not isinstance(num, int) or isinstance(num, bool) or num < 1:
+            raise ValueError(
+                f"{owner}: directions={random_kind!r} needs `num_directions` to be a positive "
+                f"int, got {num!r}"
+            )
+    elif num is not None:
+        raise ValueError(
+            f"{owner}: `num_directions` is only used with directions={random_kind!r}; got "
+            f"num_directions={num!r} with directions={directions!r}"
+        )
+
+
+# --------------------------------------------------------------------------------------
+# constructors (the public names)
+# --------------------------------------------------------------------------------------
+
+
+def pathwise() -> Pathwise:
+    """The pathwise / reparameterization estimator (see :class:`Pathwise`)."""
+    return Pathwise()
+
+
+def score_function(baseline: Any = None) -> ScoreFunction:
+    """The score-function / REINFORCE estimator with an optional baseline.
+
+    See :class:`ScoreFunction` and :mod:`jaxestim.baselines`.
+    """
+    return ScoreFunction(baseline=baseline)
+
+
+reinforce = score_function
+
+
+def gumbel_softmax(temperature: Any = 1.0, hard: bool = False) -> GumbelSoftmax:
+    """The Gumbel-softmax / Concrete relaxation (see :class:`GumbelSoftmax`)."""
+    return GumbelSoftmax(temperature=temperature, hard=hard)
+
+
+def straight_through() -> StraightThrough:
+    """The straight-through estimator (see :class:`StraightThrough`)."""
+    return StraightThrough()
+
+
+def finite_difference(
+    step: Any = 1e-2,
+    scheme: str = "central",
+    common_random_numbers: bool = True,
+    directions: str = "coordinates",
+    num_directions: int | None = None,
+) -> FiniteDifference:
+    """Finite differences with optional common random numbers (see :class:`FiniteDifference`)."""
+    return FiniteDifference(
+        step=step,
+        scheme=scheme,
+        common_random_numbers=common_random_numbers,
+        directions=directions,
+        num_directions=num_directions,
+    )
+
+
+def auto() -> Auto:
+    """Pathwise where reparameterizable, score function elsewhere (see :class:`Auto`)."""
+    return Auto()
+
+
+def select(values: jax.Array, x: jax.Array) -> jax.Array:
+    """Look up ``values[..., x]`` for a categorical sample ``x`` in either representation.
+
+    An integer ``x`` (a ``Categorical`` sample under score-function, pathwise-free or
+    finite-difference estimators) indexes the last axis of ``values``; a floating ``x``
+    with a trailing category axis (a one-hot or relaxed one-hot sample under
+    :func:`gumbel_softmax` / :func:`straight_through`) gives ``sum_k x_k values[..., k]``,
+    which equals the lookup at a one-hot vector and is differentiable in ``x``. Write
+    programs with ``select`` and they run under every estimator.
+    """
+    values = jnp.asarray(values)
+    x = jnp.asarray(x)
+    if jnp.issubdtype(x.dtype, jnp.integer):
+        return jnp.take(values, x, axis=-1)
+    if x.ndim == 0 or x.shape[-1] != values.shape[-1]:
+        raise ValueError(
+            f"select: a one-hot `x` must have a trailing axis of size {values.shape[-1]} "
+            f"(values.shape[-1]); got x.shape={x.shape}"
+        )
+    return jnp.sum(values * x, axis=-1)
