@@ -17,6 +17,7 @@ Two kinds exist:
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any, ClassVar
 
 import jax
@@ -111,7 +112,7 @@ class Pathwise(Estimator):
 _BASELINE_KINDS = "None, a constant, 'leave_one_out' or je.baselines.MovingAverage(decay)"
 
 
-@pytree_dataclass
+@dataclasses.dataclass(frozen=True)
 class ScoreFunction(Estimator):
     r"""Score-function (REINFORCE, likelihood-ratio) estimator.
 
@@ -153,6 +154,17 @@ class ScoreFunction(Estimator):
         if concrete(b) is None and not isinstance(b, jax.core.Tracer):
             return  # placeholder leaf from a pytree utility
         raise ValueError(f"score_function: invalid `baseline` {b!r}; expected {_BASELINE_KINDS}")
+
+    # A string baseline ("leave_one_out") is static configuration; a constant or a
+    # MovingAverage is data (a leaf or sub-pytree), so it may be traced.
+    def tree_flatten(self) -> tuple[tuple, Any]:
+        if isinstance(self.baseline, str):
+            return (), self.baseline
+        return (self.baseline,), None
+
+    @classmethod
+    def tree_unflatten(cls, aux: Any, children: tuple) -> ScoreFunction:
+        return cls(baseline=aux) if aux is not None else cls(baseline=children[0])
 
     @property
     def has_state(self) -> bool:
@@ -285,6 +297,9 @@ class Auto(Estimator):
         return ctx.auto_score.process_site(ctx, key, dist, sample_shape)
 
 
+jax.tree_util.register_pytree_node_class(ScoreFunction)
+
+
 class SurrogateHandler(Handler):
     """Handler for site-level estimators: runs sites, collects score-function log-probs.
 
@@ -382,8 +397,11 @@ class FiniteDifference(Estimator):
     ``(f(theta + h v; key) - f(theta - h v; key)) / (2h)`` (``"central"``, bias
     ``O(h^2)``) or the one-sided ``"forward"``/``"backward"`` schemes (bias ``O(h)``).
     With ``common_random_numbers=True`` every evaluation reuses the same key, so the
-    randomness cancels (discrete samplers are inverse-CDF coupled) and the variance stays
-    bounded as ``h -> 0``; with independent keys the variance grows like ``1/h^2``.
+    randomness largely cancels (discrete samplers are inverse-CDF coupled): for programs
+    continuous in ``theta`` the variance stays bounded as ``h -> 0``; for discrete programs
+    the difference is non-zero only when a uniform falls in a window of width ``O(h)``, where
+    it is ``O(1/h)``, so the variance grows like ``1/h``. With independent keys the variance
+    grows like ``1/h^2`` in both cases.
     ``directions="coordinates"`` perturbs each of the ``P`` parameters (``2P`` program
     runs for central differences); ``directions="spsa"`` uses ``num_directions`` random
     Rademacher vectors ``v`` and returns ``mean_d v_d * D_{v_d} f`` (Spall's SPSA),

@@ -120,6 +120,14 @@ def test_straight_through_exact_for_linear_one_hot():
     exact = pi * (c - jnp.dot(pi, c))
     g = samples(f, je.straight_through(), theta, 64)
     np.testing.assert_allclose(g, np.broadcast_to(exact, g.shape), rtol=1e-5, atol=1e-6)
+    # a batch of one-hot categoricals (OneHotCategorical subclasses Categorical)
+    f2 = lambda key, lg: jnp.sum(je.sample(key, D.OneHotCategorical(logits=lg)) * c)
+    th2 = jnp.stack([theta, -theta])
+    pi2 = jax.nn.softmax(th2)
+    exact2 = pi2 * (c - (pi2 @ c)[:, None])
+    np.testing.assert_allclose(
+        samples(f2, je.straight_through(), th2, 8)[0], exact2, rtol=1e-5, atol=1e-6
+    )
     # ... and on the Bernoulli example every per-sample estimate is exactly 7.
     np.testing.assert_allclose(samples(two_bern, je.straight_through(), 0.1, 64), 7.0, rtol=1e-5)
 

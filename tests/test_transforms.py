@@ -100,6 +100,15 @@ def test_vmap_over_estimator_hyperparameters():
     assert out.shape == (2,)
 
 
+def test_estimators_are_pytrees_that_pass_through_jit():
+    f = lambda k, p: je.sample(k, D.Bernoulli(probs=p))
+    g = jax.jit(lambda est, k: je.grad(f, est, num_samples=4)(k, 0.3))
+    for est in (je.score_function("leave_one_out"), je.score_function(0.5), je.gumbel_softmax(0.3)):
+        _close(g(est, KEY), je.grad(f, est, num_samples=4)(KEY, 0.3))
+        leaves, tree = jax.tree_util.tree_flatten(est)
+        assert jax.tree_util.tree_unflatten(tree, leaves) == est
+
+
 def test_argnums_tuple_and_other_args():
     def f(key, a, scale, b):
         return je.sample(key, D.Normal(a * scale, 1.0)) + b**2
