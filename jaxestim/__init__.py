@@ -13,6 +13,7 @@ straight-through, finite differences, StochasticAD-style), composes with ``jax.j
 """
 
 from jaxestim import baselines, distributions
+from jaxestim._compare import ComparisonReport, SweepResult, compare, sweep
 from jaxestim._errors import EstimatorError
 from jaxestim._estimators import (
     Auto,
@@ -39,6 +40,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "Auto",
+    "ComparisonReport",
     "Estimator",
     "EstimatorError",
     "FiniteDifference",
@@ -48,8 +50,10 @@ __all__ = [
     "StochasticAD",
     "StochasticTriple",
     "StraightThrough",
+    "SweepResult",
     "auto",
     "baselines",
+    "compare",
     "distributions",
     "finite_difference",
     "fori_loop",
@@ -65,5 +69,6 @@ __all__ = [
     "stochastic_ad",
     "stochastic_triple",
     "straight_through",
+    "sweep",
     "value_and_grad",
 ]
