@@ -531,8 +531,10 @@ def auto() -> Auto:
 def select(values: jax.Array, x: jax.Array) -> jax.Array:
     """Look up ``values[..., x]`` for a categorical sample ``x`` in either representation.
 
-    An integer ``x`` (a ``Categorical`` sample under score-function, pathwise-free or
-    finite-difference estimators) indexes the last axis of ``values``; a floating ``x``
+    An integer ``x`` (a ``Categorical`` sample under the score-function, finite-difference
+    or stochastic_ad estimators) picks, element by element, the entry of the last axis of
+    ``values`` (batch axes broadcast: ``values`` of shape ``(J, K)`` and ``x`` of shape
+    ``(J,)`` give ``values[j, x[j]]``); a floating ``x``
     with a trailing category axis (a one-hot or relaxed one-hot sample under
     :func:`gumbel_softmax` / :func:`straight_through`) gives ``sum_k x_k values[..., k]``,
     which equals the lookup at a one-hot vector and is differentiable in ``x``. Write
@@ -541,7 +543,16 @@ def select(values: jax.Array, x: jax.Array) -> jax.Array:
     values = jnp.asarray(values)
     x = jnp.asarray(x)
     if jnp.issubdtype(x.dtype, jnp.integer):
-        return jnp.take(values, x, axis=-1)
+        try:
+            batch = jnp.broadcast_shapes(values.shape[:-1], x.shape)
+        except ValueError:
+            raise ValueError(
+                f"select: index `x` of shape {x.shape} does not broadcast with the batch shape "
+                f"{values.shape[:-1]} of `values`"
+            ) from None
+        table = jnp.broadcast_to(values, (*batch, values.shape[-1]))
+        idx = jnp.broadcast_to(x, batch)[..., None]
+        return jnp.take_along_axis(table, idx, axis=-1)[..., 0]
     if x.ndim == 0 or x.shape[-1] != values.shape[-1]:
         raise ValueError(
             f"select: a one-hot `x` must have a trailing axis of size {values.shape[-1]} "

@@ -305,3 +305,11 @@ def test_select_both_representations():
     assert float(je.select(table, jax.nn.one_hot(1, 3))) == 5.0
     with pytest.raises(ValueError, match="trailing"):
         je.select(table, jnp.ones(4))
+    # batched: row j picks column x[j], the same under both representations
+    c = jnp.array([[0.0, 1.0, 2.0], [3.0, 4.0, 5.0]])
+    x = jnp.array([0, 2])
+    np.testing.assert_array_equal(je.select(c, x), [0.0, 5.0])
+    np.testing.assert_array_equal(je.select(c, jax.nn.one_hot(x, 3)), [0.0, 5.0])
+    np.testing.assert_array_equal(je.select(table, jnp.array([[0, 1], [2, 2]])), [[1, 5], [7, 7]])
+    with pytest.raises(ValueError, match="broadcast"):
+        je.select(c, jnp.array([0, 1, 2]))
