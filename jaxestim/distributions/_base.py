@@ -1,0 +1,365 @@
+"""Base classes and shared helpers for :mod:`jaxestim.distributions`.
+
+Every distribution is an immutable JAX pytree whose leaves are its array parameters as stored.
+Reconstruction from leaves (``tree_unflatten``) bypasses validation, so leaves may be tracers,
+``None`` or arbitrary sentinel objects (as produced by ``jax.tree_util`` utilities).
+"""
+
+from __future__ import annotations
+
+import abc
+import math
+import operator
+from collections.abc import Sequence
+from typing import Any, ClassVar
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.typing import ArrayLike
+
+Array = jax.Array
+Shape = tuple[int, ...]
+
+__all__ = ["ContinuousDistribution", "DiscreteDistribution", "Distribution"]
+
+
+# --------------------------------------------------------------------------------------------
+# Parameter conversion and validation helpers
+# --------------------------------------------------------------------------------------------
+
+
+def _is_traced(x: Any) -> bool:
+    """Whether ``x`` is an abstract value (a tracer) whose values cannot be inspected."""
+    return isinstance(x, jax.core.Tracer)
+
+
+def _float_params(*params: ArrayLike) -> list[Array]:
+    """Converts parameters with ``jnp.asarray`` and casts them to one common float dtype.
+
+    Integer and boolean inputs are promoted to the default float dtype (``jnp.result_type(float)``);
+    float inputs keep their precision (float64 stays float64 when x64 is enabled).
+    """
+    # Python scalars and NumPy arrays stay NumPy (concrete) so that range checks still run
+    # when a distribution is built inside a jit trace; JAX arrays and tracers pass through.
+    arrays = [p if isinstance(p, jax.Array) else np.asarray(p) for p in params]
+    for a in arrays:
+        if jnp.issubdtype(a.dtype, jnp.complexfloating):
+            raise TypeError(f"complex parameters are not supported, got dtype {a.dtype}")
+    # Python scalars are weakly typed (as with jnp.asarray): 0.5 with a float32 array is float32.
+    dtype = jnp.result_type(
+        *(
+            p if isinstance(p, int | float) and not isinstance(p, bool) else a
+            for p, a in zip(params, arrays, strict=True)
+        )
+    )
+    if not jnp.issubdtype(dtype, jnp.floating):
+        dtype = jnp.result_type(float)
+    return [
+        a.astype(dtype) if isinstance(a, jax.Array) else np.asarray(a, dtype=dtype) for a in arrays
+    ]
+
+
+def _broadcast_shapes(owner: str, **named: Array) -> Shape:
+    """Broadcasts the shapes of the named arrays, naming the offending pair on failure."""
+    names = list(named)
+    shape: Shape = ()
+    for i, name in enumerate(names):
+        try:
+            shape = np.broadcast_shapes(shape, named[name].shape)
+        except ValueError:
+            for other in names[:i]:
+                try:
+                    np.broadcast_shapes(named[other].shape, named[name].shape)
+                except ValueError:
+                    raise ValueError(
+                        f"{owner}: shapes of `{other}` {named[other].shape} and `{name}` "
+                        f"{named[name].shape} do not broadcast"
+                    ) from None
+            raise ValueError(
+                f"{owner}: shape of `{name}` {named[name].shape} does not broadcast with the "
+                f"shapes of {', '.join(f'`{n}`' for n in names[:i])}"
+            ) from None
+    return tuple(shape)
+
+
+def _check_values(owner: str, name: str, x: Array, ok: Any, expected: str) -> None:
+    """Raises ``ValueError`` unless ``ok(values)`` holds; skipped for traced ``x``."""
+    if _is_traced(x):
+        return
+    values = np.asarray(x)
+    if values.size == 0:
+        return
+    if not np.all(np.isfinite(values)):
+        raise ValueError(f"{owner}: `{name}` must be finite, got {values[~np.isfinite(values)][0]}")
+    if not np.all(ok(values)):
+        raise ValueError(
+            f"{owner}: `{name}` must be {expected}, got min {values.min()}, max {values.max()}"
+        )
+
+
+def _check_finite(owner: str, name: str, x: Array) -> None:
+    _check_values(owner, name, x, lambda v: np.ones(v.shape, bool), "finite")
+
+
+def _check_positive(owner: str, name: str, x: Array) -> None:
+    if _is_traced(x):
+        return
+    values = np.asarray(x)
+    if values.size == 0:
+        return
+    if np.any(np.isnan(values)) or np.any(np.isinf(values)):
+        raise ValueError(f"{owner}: `{name}` must be finite and > 0, got non-finite values")
+    if not np.all(values > 0):
+        raise ValueError(f"{owner}: `{name}` must be > 0, got min {values.min()}")
+
+
+# --------------------------------------------------------------------------------------------
+# Argument validation for sampling
+# --------------------------------------------------------------------------------------------
+
+
+def _validate_key(key: Any) -> None:
+    """Checks that ``key`` is a single JAX PRNG key (typed, or legacy ``uint32[2]``)."""
+    dtype = getattr(key, "dtype", None)
+    shape = getattr(key, "shape", None)
+    if dtype is None or shape is None:
+        raise TypeError(f"`key` must be a JAX PRNG key, got {type(key).__name__}")
+    if jax.dtypes.issubdtype(dtype, jax.dtypes.prng_key):
+        if shape != ():
+            raise ValueError(f"`key` must be a single PRNG key, got a key array of shape {shape}")
+        return
+    if dtype == np.uint32 and len(shape) >= 1 and shape[-1] == 2:
+        if len(shape) != 1:
+            raise ValueError(
+                f"`key` must be a single PRNG key, got a legacy key array of shape {shape}"
+            )
+        return
+    raise TypeError(
+        "`key` must be a JAX PRNG key (jax.random.key(...) or a legacy uint32 key of shape "
+        f"(2,)), got {type(key).__name__} with dtype {dtype} and shape {shape}"
+    )
+
+
+def _canonical_sample_shape(sample_shape: int | Sequence[int]) -> Shape:
+    """Converts ``sample_shape`` to a tuple of non-negative Python ints."""
+    if isinstance(sample_shape, bool):
+        raise TypeError("`sample_shape` must be an int or a tuple of ints, got bool")
+    try:
+        dims = (operator.index(sample_shape),)  # type: ignore[arg-type]
+    except TypeError:
+        if not isinstance(sample_shape, Sequence) or isinstance(sample_shape, str):
+            raise TypeError(
+                f"`sample_shape` must be an int or a tuple of ints, got {sample_shape!r}"
+            ) from None
+        try:
+            dims = tuple(operator.index(d) for d in sample_shape)
+        except TypeError:
+            raise TypeError(
+                f"`sample_shape` must be a tuple of ints, got {sample_shape!r}"
+            ) from None
+    if any(d < 0 for d in dims):
+        raise ValueError(f"`sample_shape` must contain non-negative ints, got {dims}")
+    return dims
+
+
+def _shape_repr(x: Any) -> str:
+    if x is None:
+        return "None"
+    dtype = getattr(x, "dtype", None)
+    shape = getattr(x, "shape", None)
+    if dtype is None or shape is None:
+        return repr(x)
+    return f"{jnp.dtype(dtype).name}{list(shape)}"
+
+
+# --------------------------------------------------------------------------------------------
+# Base classes
+# --------------------------------------------------------------------------------------------
+
+
+class Distribution(abc.ABC):
+    """Base class of all distributions.
+
+    Subclasses store their array parameters as attributes ``_<name>`` for every ``name`` in
+    ``_param_names``; those arrays (some possibly ``None``) are the pytree children.
+
+    Shapes: a distribution has a ``batch_shape`` (independent, non-identical copies) and an
+    ``event_shape`` (the shape of one draw). ``sample(key, sample_shape)`` returns an array of
+    shape ``sample_shape + batch_shape + event_shape`` and ``log_prob(value)`` reduces the event
+    dimensions.
+    """
+
+    is_reparameterized: ClassVar[bool] = False
+    is_discrete: ClassVar[bool] = False
+    _param_names: ClassVar[tuple[str, ...]] = ()
+
+    # -- pytree ---------------------------------------------------------------------------
+
+    def tree_flatten(self) -> tuple[tuple[Any, ...], None]:
+        """Returns the stored parameters (the pytree children) and no auxiliary data."""
+        return tuple(getattr(self, f"_{n}") for n in self._param_names), None
+
+    @classmethod
+    def tree_unflatten(cls, aux_data: None, children: Sequence[Any]) -> Distribution:
+        """Rebuilds a distribution from its children without validation."""
+        del aux_data
+        obj = object.__new__(cls)
+        for name, child in zip(cls._param_names, children, strict=True):
+            setattr(obj, f"_{name}", child)
+        return obj
+
+    # -- shapes and moments -----------------------------------------------------------------
+
+    @property
+    @abc.abstractmethod
+    def batch_shape(self) -> Shape:
+        """Shape of the batch of independent distributions."""
+
+    @property
+    def event_shape(self) -> Shape:
+        """Shape of a single draw (``()`` for scalar distributions)."""
+        return ()
+
+    @property
+    def dtype(self) -> np.dtype:
+        """The float dtype of the parameters (and of float-valued samples)."""
+        for name in self._param_names:
+            value = getattr(self, f"_{name}")
+            if value is not None:
+                return jnp.dtype(value.dtype)
+        raise AttributeError("distribution has no parameters")
+
+    @property
+    @abc.abstractmethod
+    def mean(self) -> Array:
+        """Mean, of shape ``batch_shape + event_shape``."""
+
+    @property
+    @abc.abstractmethod
+    def variance(self) -> Array:
+        """Variance (element-wise), of shape ``batch_shape + event_shape``."""
+
+    @property
+    def stddev(self) -> Array:
+        """Standard deviation (element-wise), of shape ``batch_shape + event_shape``."""
+        return jnp.sqrt(self.variance)
+
+    # -- sampling and density ----------------------------------------------------------------
+
+    @abc.abstractmethod
+    def sample(self, key: Array, sample_shape: int | Sequence[int] = ()) -> Array:
+        """Draws samples of shape ``sample_shape + batch_shape + event_shape``."""
+
+    @abc.abstractmethod
+    def log_prob(self, value: ArrayLike) -> Array:
+        """Log density / mass of ``value``, of shape ``broadcast(sample dims) + batch_shape``."""
+
+    def _full_shape(self, sample_shape: int | Sequence[int]) -> Shape:
+        return _canonical_sample_shape(sample_shape) + self.batch_shape + self.event_shape
+
+    def __repr__(self) -> str:
+        params = ", ".join(
+            f"{n}={_shape_repr(getattr(self, f'_{n}', None))}" for n in self._param_names
+        )
+        return f"{type(self).__name__}({params})"
+
+
+class ContinuousDistribution(Distribution):
+    """A continuous distribution with a reparameterized (pathwise differentiable) sampler."""
+
+    is_reparameterized: ClassVar[bool] = True
+    is_discrete: ClassVar[bool] = False
+
+    @abc.abstractmethod
+    def _rsample(self, key: Array, shape: Shape) -> Array:
+        """Reparameterized draws of shape ``shape`` (= sample + batch + event shape)."""
+
+    def rsample(self, key: Array, sample_shape: int | Sequence[int] = ()) -> Array:
+        """Reparameterized samples, differentiable w.r.t. all float parameters.
+
+        Args:
+            key: a JAX PRNG key (``jax.random.key`` or a legacy ``uint32[2]`` key).
+            sample_shape: leading sample dimensions (an int or a tuple of non-negative ints).
+
+        Returns:
+            Array of shape ``sample_shape + batch_shape + event_shape`` in the parameter dtype.
+        """
+        _validate_key(key)
+        return self._rsample(key, self._full_shape(sample_shape))
+
+    def sample(self, key: Array, sample_shape: int | Sequence[int] = ()) -> Array:
+        """Same as :meth:`rsample` (continuous families are reparameterized)."""
+        return self.rsample(key, sample_shape)
+
+
+class DiscreteDistribution(Distribution):
+    """A discrete distribution sampled by inversion: ``value_from_index(icdf(uniforms))``.
+
+    The *index* of an outcome is an integer in the family's natural ordering, represented as
+    an integer-valued float array of the parameter dtype. ``cdf(k) = P(index <= k)``;
+    ``icdf(u) = min{k : cdf(k) >= u}`` is non-decreasing in ``u`` and is coupled monotonically
+    across parameter values, which makes common random numbers effective.
+    """
+
+    is_reparameterized: ClassVar[bool] = False
+    is_discrete: ClassVar[bool] = True
+
+    def uniforms(self, key: Array, sample_shape: int | Sequence[int] = ()) -> Array:
+        """One uniform per draw, strictly inside ``(0, 1)``.
+
+        The uniforms are generated at twice the resolution of a single float draw near zero
+        (``hi + lo * 2**-nmant``), so lower-tail events with probability far below float epsilon
+        are represented; they are clipped to ``[tiny, 1 - epsneg]``.
+
+        Returns:
+            Array of shape ``sample_shape + batch_shape`` in the parameter float dtype.
+        """
+        _validate_key(key)
+        shape = _canonical_sample_shape(sample_shape) + self.batch_shape
+        return _open_uniform(key, shape, self.dtype)
+
+    @abc.abstractmethod
+    def icdf(self, u: ArrayLike) -> Array:
+        """Inverse CDF ``min{k : cdf(k) >= u}`` as an integer-valued float array."""
+
+    @abc.abstractmethod
+    def cdf(self, k: ArrayLike) -> Array:
+        """``P(index <= k)`` for integer-valued ``k`` (floored), differentiable in parameters."""
+
+    def value_from_index(self, k: ArrayLike) -> Array:
+        """Maps outcome indices to sample values (identity, as a float array, by default)."""
+        return jnp.asarray(k, self.dtype)
+
+    def index_from_value(self, x: ArrayLike) -> Array:
+        """Maps sample values to outcome indices (integer-valued floats)."""
+        return jnp.asarray(x, self.dtype)
+
+    def sample(self, key: Array, sample_shape: int | Sequence[int] = ()) -> Array:
+        """Samples ``value_from_index(icdf(uniforms(key, sample_shape)))``.
+
+        Parameters are wrapped in ``jax.lax.stop_gradient``: discrete samples carry no
+        pathwise derivative.
+        """
+        frozen = jax.tree_util.tree_map(jax.lax.stop_gradient, self)
+        return frozen.value_from_index(frozen.icdf(frozen.uniforms(key, sample_shape)))
+
+
+def _open_uniform(key: Array, shape: Shape, dtype: Any) -> Array:
+    """Uniform draws strictly inside ``(0, 1)``, one random word per draw.
+
+    A ``w``-bit word ``b`` (w = 32 for float32, 64 for float64) maps to
+    ``(b + 1/2) 2^-w`` rounded to ``dtype``: the uniform distribution rounded to the
+    float grid, with resolution ``2^-w`` near 0 (finer than ``jax.random.uniform``'s
+    ``2^-24``, so lower-tail events down to probability ``~2^-w`` are sampled) and the
+    grid spacing near 1. It costs the same random bits as ``jax.random.bernoulli``.
+    Values are clipped to ``[tiny, 1 - epsneg]``.
+    """
+    dtype = jnp.dtype(dtype)
+    work = jnp.dtype(jnp.float64) if dtype.itemsize == 8 else jnp.dtype(jnp.float32)
+    width = 8 * work.itemsize
+    bits = jax.random.bits(key, shape, jnp.uint64 if width == 64 else jnp.uint32)
+    u = (bits.astype(work) + jnp.asarray(0.5, work)) * jnp.asarray(math.ldexp(1.0, -width), work)
+    finfo = jnp.finfo(dtype)
+    u = u.astype(dtype)
+    return jnp.clip(u, jnp.asarray(finfo.tiny, dtype), jnp.asarray(1.0 - finfo.epsneg, dtype))

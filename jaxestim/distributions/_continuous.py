@@ -1,0 +1,583 @@
+"""Continuous distributions with reparameterized samplers."""
+
+from __future__ import annotations
+
+import math
+from typing import ClassVar
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.scipy import linalg as jsp_linalg
+from jax.scipy import special as jsp_special
+from jax.scipy import stats as jsp_stats
+from jax.tree_util import register_pytree_node_class
+from jax.typing import ArrayLike
+
+from ._base import (
+    Array,
+    ContinuousDistribution,
+    Shape,
+    _broadcast_shapes,
+    _check_finite,
+    _check_positive,
+    _float_params,
+    _is_traced,
+)
+
+__all__ = [
+    "Beta",
+    "Cauchy",
+    "Dirichlet",
+    "Exponential",
+    "Gamma",
+    "Laplace",
+    "LogNormal",
+    "Logistic",
+    "MultivariateNormal",
+    "Normal",
+    "Uniform",
+]
+
+
+def _value(value: ArrayLike, dtype: np.dtype) -> Array:
+    return jnp.asarray(value).astype(dtype)
+
+
+class _LocScale(ContinuousDistribution):
+    """Location-scale family ``X = loc + scale * Z`` with ``Z`` a standard variate."""
+
+    _param_names: ClassVar[tuple[str, ...]] = ("loc", "scale")
+
+    def __init__(self, loc: ArrayLike, scale: ArrayLike) -> None:
+        owner = type(self).__name__
+        loc, scale = _float_params(loc, scale)
+        _broadcast_shapes(owner, loc=loc, scale=scale)
+        _check_finite(owner, "loc", loc)
+        _check_positive(owner, "scale", scale)
+        self._loc = loc
+        self._scale = scale
+
+    @property
+    def loc(self) -> Array:
+        """Location parameter."""
+        return self._loc
+
+    @property
+    def scale(self) -> Array:
+        """Scale parameter (> 0)."""
+        return self._scale
+
+    @property
+    def batch_shape(self) -> Shape:
+        return tuple(jnp.broadcast_shapes(self._loc.shape, self._scale.shape))
+
+    def _standard(self, key: Array, shape: Shape, dtype: np.dtype) -> Array:
+        raise NotImplementedError
+
+    def _rsample(self, key: Array, shape: Shape) -> Array:
+        return self._loc + self._scale * self._standard(key, shape, self.dtype)
+
+    def _broadcast(self, x: Array) -> Array:
+        return jnp.broadcast_to(x, self.batch_shape)
+
+
+@register_pytree_node_class
+class Normal(_LocScale):
+    """Normal distribution ``N(loc, scale**2)``.
+
+    Parameterization: ``loc`` (real), ``scale`` (> 0, the standard deviation).
+    Support: the real line. Reparameterized sample: ``loc + scale * eps``, ``eps ~ N(0, 1)``.
+    """
+
+    def _standard(self, key: Array, shape: Shape, dtype: np.dtype) -> Array:
+        return jax.random.normal(key, shape, dtype)
+
+    def log_prob(self, value: ArrayLike) -> Array:
+        """Log density of ``value``."""
+        return jsp_stats.norm.logpdf(_value(value, self.dtype), self._loc, self._scale)
+
+    @property
+    def mean(self) -> Array:
+        return self._broadcast(self._loc)
+
+    @property
+    def variance(self) -> Array:
+        return self._broadcast(jnp.square(self._scale))
+
+
+@register_pytree_node_class
+class LogNormal(_LocScale):
+    """Log-normal distribution: ``exp(Y)`` with ``Y ~ N(loc, scale**2)``.
+
+    Parameterization: ``loc`` (real) and ``scale`` (> 0) of the underlying normal.
+    Support: ``(0, inf)``. Reparameterized sample: ``exp(loc + scale * eps)``.
+    """
+
+    def _standard(self, key: Array, shape: Shape, dtype: np.dtype) -> Array:
+        return jax.random.normal(key, shape, dtype)
+
+    def _rsample(self, key: Array, shape: Shape) -> Array:
+        return jnp.exp(super()._rsample(key, shape))
+
+    def log_prob(self, value: ArrayLike) -> Array:
+        """Log density of ``value`` (``-inf`` for ``value <= 0``)."""
+        x = _value(value, self.dtype)
+        positive = x > 0
+        safe = jnp.where(positive, x, 1)
+        log_x = jnp.log(safe)
+        lp = jsp_stats.norm.logpdf(log_x, self._loc, self._scale) - log_x
+        return jnp.where(positive, lp, -jnp.inf)
+
+    @property
+    def mean(self) -> Array:
+        return self._broadcast(jnp.exp(self._loc + 0.5 * jnp.square(self._scale)))
+
+    @property
+    def variance(self) -> Array:
+        s2 = jnp.square(self._scale)
+        return self._broadcast(jnp.expm1(s2) * jnp.exp(2 * self._loc + s2))
+
+
+@register_pytree_node_class
+class Laplace(_LocScale):
+    """Laplace (double exponential) distribution.
+
+    Parameterization: ``loc`` (real), ``scale`` (> 0); density ``exp(-|x-loc|/scale)/(2 scale)``.
+    Support: the real line. Reparameterized sample: ``loc + scale * eps``, standard Laplace eps.
+    """
+
+    def _standard(self, key: Array, shape: Shape, dtype: np.dtype) -> Array:
+        return jax.random.laplace(key, shape, dtype)
+
+    def log_prob(self, value: ArrayLike) -> Array:
+        """Log density of ``value``."""
+        return jsp_stats.laplace.logpdf(_value(value, self.dtype), self._loc, self._scale)
+
+    @property
+    def mean(self) -> Array:
+        return self._broadcast(self._loc)
+
+    @property
+    def variance(self) -> Array:
+        return self._broadcast(2 * jnp.square(self._scale))
+
+
+@register_pytree_node_class
+class Logistic(_LocScale):
+    """Logistic distribution.
+
+    Parameterization: ``loc`` (real), ``scale`` (> 0); CDF ``sigmoid((x - loc) / scale)``.
+    Support: the real line. Reparameterized sample: ``loc + scale * eps``, standard logistic eps.
+    """
+
+    def _standard(self, key: Array, shape: Shape, dtype: np.dtype) -> Array:
+        return jax.random.logistic(key, shape, dtype)
+
+    def log_prob(self, value: ArrayLike) -> Array:
+        """Log density of ``value``."""
+        return jsp_stats.logistic.logpdf(_value(value, self.dtype), self._loc, self._scale)
+
+    @property
+    def mean(self) -> Array:
+        return self._broadcast(self._loc)
+
+    @property
+    def variance(self) -> Array:
+        return self._broadcast(jnp.square(self._scale) * (math.pi**2 / 3))
+
+
+@register_pytree_node_class
+class Cauchy(_LocScale):
+    """Cauchy distribution.
+
+    Parameterization: ``loc`` (real, the median), ``scale`` (> 0, the half width at half maximum).
+    Support: the real line. Reparameterized sample: ``loc + scale * eps``, standard Cauchy eps.
+    The mean and variance are undefined and reported as NaN.
+    """
+
+    def _standard(self, key: Array, shape: Shape, dtype: np.dtype) -> Array:
+        return jax.random.cauchy(key, shape, dtype)
+
+    def log_prob(self, value: ArrayLike) -> Array:
+        """Log density of ``value``."""
+        return jsp_stats.cauchy.logpdf(_value(value, self.dtype), self._loc, self._scale)
+
+    @property
+    def mean(self) -> Array:
+        return jnp.full(self.batch_shape, jnp.nan, self.dtype)
+
+    @property
+    def variance(self) -> Array:
+        return jnp.full(self.batch_shape, jnp.nan, self.dtype)
+
+
+@register_pytree_node_class
+class Uniform(ContinuousDistribution):
+    """Continuous uniform distribution on ``[low, high)``.
+
+    Parameterization: ``low < high`` (both finite). Support: ``[low, high]``.
+    Reparameterized sample: ``low + (high - low) * u`` with ``u ~ U[0, 1)``.
+    """
+
+    _param_names: ClassVar[tuple[str, ...]] = ("low", "high")
+
+    def __init__(self, low: ArrayLike, high: ArrayLike) -> None:
+        low, high = _float_params(low, high)
+        _broadcast_shapes("Uniform", low=low, high=high)
+        _check_finite("Uniform", "low", low)
+        _check_finite("Uniform", "high", high)
+        if not (_is_traced(low) or _is_traced(high)):
+            gap = np.asarray(high) - np.asarray(low)
+            if gap.size and not np.all(gap > 0):
+                raise ValueError(
+                    f"Uniform: `low` must be < `high` element-wise, got min(high - low) {gap.min()}"
+                )
+        self._low = low
+        self._high = high
+
+    @property
+    def low(self) -> Array:
+        """Lower end of the support."""
+        return self._low
+
+    @property
+    def high(self) -> Array:
+        """Upper end of the support."""
+        return self._high
+
+    @property
+    def batch_shape(self) -> Shape:
+        return tuple(jnp.broadcast_shapes(self._low.shape, self._high.shape))
+
+    def _rsample(self, key: Array, shape: Shape) -> Array:
+        u = jax.random.uniform(key, shape, self.dtype)
+        return self._low + (self._high - self._low) * u
+
+    def log_prob(self, value: ArrayLike) -> Array:
+        """Log density of ``value`` (``-inf`` outside ``[low, high]``)."""
+        x = _value(value, self.dtype)
+        width = self._high - self._low
+        inside = (x >= self._low) & (x <= self._high)
+        return jnp.where(inside, -jnp.log(width), -jnp.inf)
+
+    @property
+    def mean(self) -> Array:
+        return jnp.broadcast_to((self._low + self._high) / 2, self.batch_shape)
+
+    @property
+    def variance(self) -> Array:
+        return jnp.broadcast_to(jnp.square(self._high - self._low) / 12, self.batch_shape)
+
+
+@register_pytree_node_class
+class Exponential(ContinuousDistribution):
+    """Exponential distribution with density ``rate * exp(-rate * x)``.
+
+    Parameterization: ``rate`` (> 0). Support: ``[0, inf)``.
+    Reparameterized sample: ``E / rate`` with ``E`` a standard exponential variate.
+    """
+
+    _param_names: ClassVar[tuple[str, ...]] = ("rate",)
+
+    def __init__(self, rate: ArrayLike) -> None:
+        (rate,) = _float_params(rate)
+        _check_positive("Exponential", "rate", rate)
+        self._rate = rate
+
+    @property
+    def rate(self) -> Array:
+        """Rate parameter (inverse scale, > 0)."""
+        return self._rate
+
+    @property
+    def batch_shape(self) -> Shape:
+        return tuple(self._rate.shape)
+
+    def _rsample(self, key: Array, shape: Shape) -> Array:
+        return jax.random.exponential(key, shape, self.dtype) / self._rate
+
+    def log_prob(self, value: ArrayLike) -> Array:
+        """Log density of ``value`` (``-inf`` for ``value < 0``)."""
+        x = _value(value, self.dtype)
+        return jnp.where(x >= 0, jnp.log(self._rate) - self._rate * x, -jnp.inf)
+
+    @property
+    def mean(self) -> Array:
+        return 1 / self._rate
+
+    @property
+    def variance(self) -> Array:
+        return 1 / jnp.square(self._rate)
+
+
+@register_pytree_node_class
+class Gamma(ContinuousDistribution):
+    """Gamma distribution with density ``rate**a x**(a-1) exp(-rate x) / Gamma(a)``.
+
+    Parameterization: ``concentration`` ``a`` (> 0, shape) and ``rate`` (> 0, inverse scale).
+    Support: ``(0, inf)``. Reparameterized sample:
+    ``jax.random.gamma(key, concentration) / rate`` (implicit reparameterization in the
+    concentration). In low precision, draws smaller than the dtype's ``tiny`` round to 0.
+    """
+
+    _param_names: ClassVar[tuple[str, ...]] = ("concentration", "rate")
+
+    def __init__(self, concentration: ArrayLike, rate: ArrayLike) -> None:
+        concentration, rate = _float_params(concentration, rate)
+        _broadcast_shapes("Gamma", concentration=concentration, rate=rate)
+        _check_positive("Gamma", "concentration", concentration)
+        _check_positive("Gamma", "rate", rate)
+        self._concentration = concentration
+        self._rate = rate
+
+    @property
+    def concentration(self) -> Array:
+        """Shape parameter (> 0)."""
+        return self._concentration
+
+    @property
+    def rate(self) -> Array:
+        """Rate parameter (> 0)."""
+        return self._rate
+
+    @property
+    def batch_shape(self) -> Shape:
+        return tuple(jnp.broadcast_shapes(self._concentration.shape, self._rate.shape))
+
+    def _rsample(self, key: Array, shape: Shape) -> Array:
+        a = jnp.broadcast_to(self._concentration, self.batch_shape)
+        return jax.random.gamma(key, a, shape, self.dtype) / self._rate
+
+    def log_prob(self, value: ArrayLike) -> Array:
+        """Log density of ``value``."""
+        x = _value(value, self.dtype)
+        return jsp_stats.gamma.logpdf(x * self._rate, self._concentration) + jnp.log(self._rate)
+
+    @property
+    def mean(self) -> Array:
+        return jnp.broadcast_to(self._concentration / self._rate, self.batch_shape)
+
+    @property
+    def variance(self) -> Array:
+        return jnp.broadcast_to(self._concentration / jnp.square(self._rate), self.batch_shape)
+
+
+@register_pytree_node_class
+class Beta(ContinuousDistribution):
+    """Beta distribution with density ``x**(c1-1) (1-x)**(c0-1) / B(c1, c0)``.
+
+    Parameterization: ``concentration1`` (> 0, exponent of ``x``) and ``concentration0``
+    (> 0, exponent of ``1 - x``). Support: ``(0, 1)``. Reparameterized sample:
+    ``jax.random.beta`` (implicitly reparameterized through its gamma draws).
+    """
+
+    _param_names: ClassVar[tuple[str, ...]] = ("concentration1", "concentration0")
+
+    def __init__(self, concentration1: ArrayLike, concentration0: ArrayLike) -> None:
+        c1, c0 = _float_params(concentration1, concentration0)
+        _broadcast_shapes("Beta", concentration1=c1, concentration0=c0)
+        _check_positive("Beta", "concentration1", c1)
+        _check_positive("Beta", "concentration0", c0)
+        self._concentration1 = c1
+        self._concentration0 = c0
+
+    @property
+    def concentration1(self) -> Array:
+        """Concentration of ``x`` (often called ``alpha``)."""
+        return self._concentration1
+
+    @property
+    def concentration0(self) -> Array:
+        """Concentration of ``1 - x`` (often called ``beta``)."""
+        return self._concentration0
+
+    @property
+    def batch_shape(self) -> Shape:
+        return tuple(jnp.broadcast_shapes(self._concentration1.shape, self._concentration0.shape))
+
+    def _rsample(self, key: Array, shape: Shape) -> Array:
+        return jax.random.beta(key, self._concentration1, self._concentration0, shape, self.dtype)
+
+    def log_prob(self, value: ArrayLike) -> Array:
+        """Log density of ``value``."""
+        x = _value(value, self.dtype)
+        return jsp_stats.beta.logpdf(x, self._concentration1, self._concentration0)
+
+    @property
+    def mean(self) -> Array:
+        total = self._concentration1 + self._concentration0
+        return jnp.broadcast_to(self._concentration1 / total, self.batch_shape)
+
+    @property
+    def variance(self) -> Array:
+        a, b = self._concentration1, self._concentration0
+        total = a + b
+        return jnp.broadcast_to(a * b / (jnp.square(total) * (total + 1)), self.batch_shape)
+
+
+@register_pytree_node_class
+class Dirichlet(ContinuousDistribution):
+    """Dirichlet distribution on the probability simplex.
+
+    Parameterization: ``concentration`` of shape ``batch_shape + (K,)`` with entries > 0.
+    Support: the simplex ``{x : x_i >= 0, sum_i x_i = 1}``; event shape ``(K,)``.
+    Reparameterized sample: ``jax.random.dirichlet`` (normalized gammas drawn in log space,
+    implicitly reparameterized).
+    """
+
+    _param_names: ClassVar[tuple[str, ...]] = ("concentration",)
+
+    def __init__(self, concentration: ArrayLike) -> None:
+        (concentration,) = _float_params(concentration)
+        if concentration.ndim < 1 or concentration.shape[-1] < 1:
+            raise ValueError(
+                "Dirichlet: `concentration` must have at least one dimension of size >= 1 "
+                f"(the event dimension K), got shape {concentration.shape}"
+            )
+        _check_positive("Dirichlet", "concentration", concentration)
+        self._concentration = concentration
+
+    @property
+    def concentration(self) -> Array:
+        """Concentrations, shape ``batch_shape + (K,)``."""
+        return self._concentration
+
+    @property
+    def batch_shape(self) -> Shape:
+        return tuple(self._concentration.shape[:-1])
+
+    @property
+    def event_shape(self) -> Shape:
+        return tuple(self._concentration.shape[-1:])
+
+    def _rsample(self, key: Array, shape: Shape) -> Array:
+        return jax.random.dirichlet(key, self._concentration, shape[:-1], self.dtype)
+
+    def log_prob(self, value: ArrayLike) -> Array:
+        """Log density of ``value`` (last axis = event axis; not checked to lie on the simplex)."""
+        x = _value(value, self.dtype)
+        a = self._concentration
+        log_norm = jnp.sum(jsp_special.gammaln(a), -1) - jsp_special.gammaln(jnp.sum(a, -1))
+        return jnp.sum(jsp_special.xlogy(a - 1, x), -1) - log_norm
+
+    @property
+    def mean(self) -> Array:
+        a = self._concentration
+        return a / jnp.sum(a, -1, keepdims=True)
+
+    @property
+    def variance(self) -> Array:
+        a = self._concentration
+        total = jnp.sum(a, -1, keepdims=True)
+        return a * (total - a) / (jnp.square(total) * (total + 1))
+
+
+@register_pytree_node_class
+class MultivariateNormal(ContinuousDistribution):
+    """Multivariate normal ``N(loc, scale_tril @ scale_tril.T)``.
+
+    Parameterization: ``loc`` of shape ``(..., d)`` and ``scale_tril`` of shape ``(..., d, d)``,
+    lower triangular with a positive diagonal (the Cholesky factor of the covariance; only its
+    lower triangle is used). Support: ``R^d``; event shape ``(d,)``.
+    Reparameterized sample: ``loc + scale_tril @ eps`` with ``eps ~ N(0, I_d)``.
+    """
+
+    _param_names: ClassVar[tuple[str, ...]] = ("loc", "scale_tril")
+
+    def __init__(self, loc: ArrayLike, scale_tril: ArrayLike) -> None:
+        owner = "MultivariateNormal"
+        loc, scale_tril = _float_params(loc, scale_tril)
+        if loc.ndim < 1:
+            raise ValueError(
+                f"{owner}: `loc` must have at least one dimension (the event dimension), "
+                f"got shape {loc.shape}"
+            )
+        if scale_tril.ndim < 2 or scale_tril.shape[-1] != scale_tril.shape[-2]:
+            raise ValueError(
+                f"{owner}: `scale_tril` must be square in its last two axes, "
+                f"got shape {scale_tril.shape}"
+            )
+        if loc.shape[-1] != scale_tril.shape[-1]:
+            raise ValueError(
+                f"{owner}: the last dimension of `loc` ({loc.shape[-1]}) must match the size of "
+                f"`scale_tril` ({scale_tril.shape[-1]}); got shapes {loc.shape} and "
+                f"{scale_tril.shape}"
+            )
+        _broadcast_shapes(
+            owner,
+            loc=jax.ShapeDtypeStruct(loc.shape[:-1], loc.dtype),
+            scale_tril=jax.ShapeDtypeStruct(scale_tril.shape[:-2], scale_tril.dtype),
+        )
+        _check_finite(owner, "loc", loc)
+        _check_finite(owner, "scale_tril", scale_tril)
+        if not _is_traced(scale_tril):
+            matrix = np.asarray(scale_tril)
+            diag = np.diagonal(matrix, axis1=-2, axis2=-1)
+            if diag.size and not np.all(diag > 0):
+                raise ValueError(
+                    f"{owner}: `scale_tril` must have a positive diagonal, got min {diag.min()}"
+                )
+            upper = np.triu(matrix, k=1)
+            if upper.size and np.any(upper != 0):
+                raise ValueError(
+                    f"{owner}: `scale_tril` must be lower triangular, got a nonzero entry above "
+                    f"the diagonal (max abs {np.abs(upper).max()})"
+                )
+        self._loc = loc
+        self._scale_tril = scale_tril
+
+    @property
+    def loc(self) -> Array:
+        """Mean vector(s), shape ``(..., d)``."""
+        return self._loc
+
+    @property
+    def scale_tril(self) -> Array:
+        """Lower-triangular Cholesky factor(s) of the covariance, shape ``(..., d, d)``."""
+        return jnp.tril(self._scale_tril)
+
+    @property
+    def covariance_matrix(self) -> Array:
+        """Covariance ``scale_tril @ scale_tril.T``, shape ``batch_shape + (d, d)``."""
+        tril = self.scale_tril
+        cov = tril @ jnp.swapaxes(tril, -1, -2)
+        return jnp.broadcast_to(cov, self.batch_shape + self.event_shape * 2)
+
+    @property
+    def batch_shape(self) -> Shape:
+        return tuple(jnp.broadcast_shapes(self._loc.shape[:-1], self._scale_tril.shape[:-2]))
+
+    @property
+    def event_shape(self) -> Shape:
+        return tuple(self._loc.shape[-1:])
+
+    def _rsample(self, key: Array, shape: Shape) -> Array:
+        eps = jax.random.normal(key, shape, self.dtype)
+        return self._loc + jnp.matmul(self.scale_tril, eps[..., None])[..., 0]
+
+    def log_prob(self, value: ArrayLike) -> Array:
+        """Log density of ``value`` (last axis = event axis), via a triangular solve."""
+        d = self.event_shape[0]
+        batch = self.batch_shape
+        diff = _value(value, self.dtype) - self._loc
+        diff = jnp.broadcast_to(diff, jnp.broadcast_shapes(diff.shape, (*batch, d)))
+        sample_shape = diff.shape[: diff.ndim - 1 - len(batch)]
+        n = math.prod(sample_shape)
+        # Move the sample dimensions to the right so that one solve handles all draws.
+        flat = diff.reshape((n, *batch, d))
+        rhs = jnp.moveaxis(flat, 0, -1)  # batch + (d, n)
+        tril = jnp.broadcast_to(self.scale_tril, (*batch, d, d))
+        z = jsp_linalg.solve_triangular(tril, rhs, lower=True)
+        maha = jnp.moveaxis(jnp.sum(jnp.square(z), axis=-2), -1, 0).reshape(sample_shape + batch)
+        log_det = jnp.sum(jnp.log(jnp.diagonal(tril, axis1=-2, axis2=-1)), -1)
+        return -0.5 * maha - log_det - 0.5 * d * math.log(2 * math.pi)
+
+    @property
+    def mean(self) -> Array:
+        return jnp.broadcast_to(self._loc, self.batch_shape + self.event_shape)
+
+    @property
+    def variance(self) -> Array:
+        var = jnp.sum(jnp.square(self.scale_tril), -1)
+        return jnp.broadcast_to(var, self.batch_shape + self.event_shape)
