@@ -1,5 +1,6 @@
 """Transforms: determinism (jit/eager, chunking), vmap, dtypes, loops, and error paths."""
 
+import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -31,10 +32,8 @@ ESTIMATORS = {
 
 
 def _close(a, b, rtol=1e-5, atol=1e-6):
-    """Allclose on pytrees."""
-    jax.tree_util.tree_map(
-        lambda x, y: np.testing.assert_allclose(x, y, rtol=rtol, atol=atol), a, b
-    )
+    """Allclose on pytrees (same structure, shapes and values)."""
+    chex.assert_trees_all_close(a, b, rtol=rtol, atol=atol)
 
 
 @pytest.mark.parametrize("name", list(ESTIMATORS))
