@@ -662,7 +662,7 @@ def main(argv: list[str] | None = None) -> int:
         + "\n\nratio = median jaxestim time / median hand-written time (target ≤ 1.10). The "
         "'diagnostic baseline' is the same hand-written surrogate drawing its discrete "
         "samples with `jaxestim.distributions.Bernoulli/Categorical.sample` (inverse CDF of "
-        "a double-resolution uniform) instead of `jax.random.bernoulli` / "
+        "one open-interval uniform per draw) instead of `jax.random.bernoulli` / "
         "`jax.random.categorical` / `uniform < q`, to separate the transform's overhead "
         "from the sampler's."
     )

@@ -146,7 +146,7 @@ def w2_hand(n: int, loo: bool, sampler: str = "jax") -> Callable[[Array, Array],
 
     ``sampler="jax"`` draws with ``jax.random.bernoulli`` (one uniform per element);
     ``sampler="je"`` draws with ``jaxestim.distributions.Bernoulli.sample`` (inverse CDF
-    of a double-resolution uniform), isolating the transform's overhead from the sampler's.
+    of one open-interval uniform per draw), isolating the transform's overhead from the sampler's.
     """
 
     def hand(key: Array, theta: Array) -> Array:
@@ -235,7 +235,7 @@ def w3_hand(
     """Hand-written score function for the walk: lax.scan accumulating log p, vmap over N.
 
     ``sampler="jax"``: ``uniform < q`` (one uniform per step); ``"je"``: jaxestim's
-    ``Bernoulli(probs=q).sample`` (inverse CDF of a double-resolution uniform).
+    ``Bernoulli(probs=q).sample`` (inverse CDF of one open-interval uniform per draw).
     """
 
     def hand(key: Array, p: Array) -> Array:
