@@ -386,7 +386,6 @@ class WholeProgramHandler(Handler):
 
 
 _SCHEMES = ("central", "forward", "backward")
-_FD_DIRECTIONS = ("coordinates", "spsa")
 
 
 @pytree_dataclass
@@ -424,22 +423,14 @@ class FiniteDifference(Estimator):
             raise ValueError(
                 f"finite_difference: unknown `scheme` {self.scheme!r}; expected one of {_SCHEMES}"
             )
-        if self.directions not in _FD_DIRECTIONS:
-            raise ValueError(
-                f"finite_difference: unknown `directions` {self.directions!r}; expected one "
-                f"of {_FD_DIRECTIONS}"
-            )
-        _check_num_directions("finite_difference", self.directions, "spsa", self.num_directions)
+        check_directions("finite_difference", self.directions, "spsa", self.num_directions)
 
     def per_sample(self, call, key, theta):
         """``(value, gradient estimate, aux)`` for one sample; ``call(key, theta_flat)``."""
         h = jnp.asarray(self.step, theta.dtype)
-        if self.directions == "coordinates":
-            dirs = jnp.eye(theta.size, dtype=theta.dtype)
-        else:
-            dirs = jax.random.rademacher(
-                fold_in_str(key, "spsa"), (self.num_directions, theta.size), theta.dtype
-            )
+        dirs = direction_matrix(
+            theta, self.num_directions, fold_in_str(key, "spsa"), jax.random.rademacher
+        )
         n = dirs.shape[0]
         with WholeProgramHandler(self.name):
             f0, aux = call(key, theta)
@@ -457,11 +448,14 @@ class FiniteDifference(Estimator):
                 d = (run(1.0, 1) - f0) / h
             else:
                 d = (f0 - run(-1.0, 1)) / h
-        grad = d if self.directions == "coordinates" else dirs.T @ d / n
-        return f0, grad, aux
+        return f0, gradient_from_directional(d, dirs, self.num_directions), aux
 
 
-def _check_num_directions(owner: str, directions: str, random_kind: str, num) -> None:
+def check_directions(owner: str, directions: str, random_kind: str, num: Any) -> None:
+    """Validate ``directions`` ("coordinates" or ``random_kind``) and ``num_directions``."""
+    allowed = ("coordinates", random_kind)
+    if directions not in allowed:
+        raise ValueError(f"{owner}: unknown `directions` {directions!r}; expected one of {allowed}")
     if directions == random_kind:
         if not isinstance(num, int) or isinstance(num, bool) or num < 1:
             raise ValueError(
@@ -473,6 +467,23 @@ def _check_num_directions(owner: str, directions: str, random_kind: str, num) ->
             f"{owner}: `num_directions` is only used with directions={random_kind!r}; got "
             f"num_directions={num!r} with directions={directions!r}"
         )
+
+
+def direction_matrix(theta: jax.Array, num: int | None, key: jax.Array, draw: Any) -> jax.Array:
+    """Rows are the probe directions: the basis (``num`` None) or ``draw(key, (num, P))``.
+
+    Random directions must satisfy ``E[v v^T] = I`` (Rademacher, standard Gaussian), so that
+    :func:`gradient_from_directional` is unbiased.
+    """
+    if num is None:
+        return jnp.eye(theta.size, dtype=theta.dtype)
+    return draw(key, (num, theta.size), theta.dtype)
+
+
+def gradient_from_directional(d: jax.Array, dirs: jax.Array, num: int | None) -> jax.Array:
+    """The gradient from directional derivatives ``d_i = <grad, v_i>``: ``d`` itself for the
+    basis, else ``mean_i d_i v_i``."""
+    return d if num is None else dirs.T @ d / dirs.shape[0]
 
 
 # --------------------------------------------------------------------------------------

@@ -55,7 +55,12 @@ import jax
 import jax.numpy as jnp
 
 from jaxestim._errors import EstimatorError
-from jaxestim._estimators import Estimator, _check_num_directions
+from jaxestim._estimators import (
+    Estimator,
+    check_directions,
+    direction_matrix,
+    gradient_from_directional,
+)
 from jaxestim._handlers import Handler
 from jaxestim._util import check_key, fold_in_str, pytree_dataclass, static_field
 from jaxestim.distributions import (
@@ -240,9 +245,6 @@ def _triple(call, key, theta, v, select_key) -> tuple[StochasticTriple, Any]:
     return StochasticTriple(f, df, f_alt, total.astype(f.dtype)), aux
 
 
-_SAD_DIRECTIONS = ("coordinates", "random")
-
-
 @pytree_dataclass
 class StochasticAD(Estimator):
     r"""StochasticAD-style estimator for programs with discrete randomness.
@@ -268,28 +270,18 @@ class StochasticAD(Estimator):
     name: ClassVar[str] = "stochastic_ad"
 
     def __post_init__(self) -> None:
-        if self.directions not in _SAD_DIRECTIONS:
-            raise ValueError(
-                f"stochastic_ad: unknown `directions` {self.directions!r}; expected one of "
-                f"{_SAD_DIRECTIONS}"
-            )
-        _check_num_directions("stochastic_ad", self.directions, "random", self.num_directions)
+        check_directions("stochastic_ad", self.directions, "random", self.num_directions)
 
     def per_sample(self, call, key, theta):
         """``(value, gradient estimate, aux)`` for one sample; ``call(key, theta_flat)``."""
-        if self.directions == "coordinates":
-            dirs = jnp.eye(theta.size, dtype=theta.dtype)
-        else:
-            dirs = jax.random.normal(
-                fold_in_str(key, "sad-directions"), (self.num_directions, theta.size), theta.dtype
-            )
+        num = self.num_directions
+        dirs = direction_matrix(theta, num, fold_in_str(key, "sad-directions"), jax.random.normal)
         n = dirs.shape[0]
         sel = jax.random.split(fold_in_str(key, "stochastic_ad"), n)
         trip, aux = jax.vmap(lambda v, s: _triple(call, key, theta, v, s))(dirs, sel)
         d = trip.derivative_contribution()
-        grad = d if self.directions == "coordinates" else dirs.T @ d / n
         aux = jax.tree_util.tree_map(lambda a: a[0], aux)
-        return trip.value[0], grad, aux
+        return trip.value[0], gradient_from_directional(d, dirs, num), aux
 
 
 def stochastic_ad(
