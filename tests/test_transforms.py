@@ -126,7 +126,7 @@ def test_float64_enabled_locally():
         assert g64.dtype == jnp.float64
     g32 = gs(KEY, 2.0)
     assert g32.dtype == jnp.float32
-    for g in (g64, g32):
+    for g in (np.asarray(g64), np.asarray(g32)):
         se = float(np.std(g) / np.sqrt(g.shape[0]))
         assert se < 0.1 and abs(float(np.mean(g)) - 28.0) < 5 * se
 
