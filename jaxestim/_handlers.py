@@ -26,6 +26,7 @@ import jax.numpy as jnp
 from jaxestim._errors import EstimatorError
 from jaxestim._util import check_key, concrete
 from jaxestim.distributions import Distribution
+from jaxestim.distributions._base import _canonical_sample_shape
 
 _LOCAL = threading.local()
 
@@ -80,20 +81,6 @@ class Handler:
         """Take in the final loop state and the records stacked over iterations."""
 
 
-def _normalize_shape(sample_shape: Any, where: str) -> tuple[int, ...]:
-    if isinstance(sample_shape, int):
-        sample_shape = (sample_shape,)
-    try:
-        shape = tuple(int(s) for s in sample_shape)
-    except TypeError:
-        raise TypeError(
-            f"{where}: `sample_shape` must be a tuple of ints, got {sample_shape!r}"
-        ) from None
-    if any(s < 0 for s in shape):
-        raise ValueError(f"{where}: `sample_shape` must be non-negative, got {shape}")
-    return shape
-
-
 def sample(
     key: jax.Array,
     dist: Distribution,
@@ -131,7 +118,7 @@ def sample(
             f"je.sample: `dist` must be a jaxestim.distributions.Distribution, got "
             f"{type(dist).__name__}"
         )
-    shape = _normalize_shape(sample_shape, "je.sample")
+    shape = _canonical_sample_shape(sample_shape)
     if estimator is not None:
         from jaxestim._estimators import Estimator
 

@@ -281,6 +281,10 @@ def test_site_errors():
         je.sample(KEY, jnp.ones(3))
     with pytest.raises(TypeError, match="key"):
         je.sample(jnp.zeros(2), D.Normal(0.0, 1.0))
+    with pytest.raises(ValueError, match="sample_shape"):
+        je.sample(KEY, D.Normal(0.0, 1.0), (-1,))
+    with pytest.raises(TypeError, match="sample_shape"):
+        je.sample(KEY, D.Normal(0.0, 1.0), (1.5,))
 
 
 def test_out_of_range_parameters_rejected_when_concrete():
