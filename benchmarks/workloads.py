@@ -169,6 +169,15 @@ def w2_hand(n: int, loo: bool, sampler: str = "jax") -> Callable[[Array, Array],
     return hand
 
 
+def _whole_program_cases(n: int) -> list[Case]:
+    """stochastic_ad and CRN finite differences (O(P) program runs each) with ``n`` samples."""
+    n = max(2, n)
+    return [
+        Case("stochastic_ad", je.stochastic_ad(), num_samples=n),
+        Case("finite_difference(0.01, CRN)", je.finite_difference(0.01), num_samples=n),
+    ]
+
+
 def make_w2(dim: int, n: int, whole_program: bool = True) -> Workload:
     """W2 at dimension ``dim`` with ``n`` samples."""
     th = w2_theta(dim)
@@ -193,14 +202,7 @@ def make_w2(dim: int, n: int, whole_program: bool = True) -> Workload:
         Case("gumbel_softmax(0.5)", je.gumbel_softmax(0.5)),
     ]
     if whole_program:
-        cases += [
-            Case("stochastic_ad", je.stochastic_ad(), num_samples=max(2, n // 16)),
-            Case(
-                "finite_difference(0.01, CRN)",
-                je.finite_difference(0.01),
-                num_samples=max(2, n // 16),
-            ),
-        ]
+        cases += _whole_program_cases(n // 16)
     return Workload(
         "W2", f"score function, Bernoulli (D={dim}, N={n})", w2_prog, th, n, w2_exact(th), cases
     )
@@ -454,14 +456,7 @@ def make_w4(n: int, whole_program: bool = True, extras: bool = True) -> Workload
         Case("score_function", je.score_function()),
     ][: None if extras else 3]
     if whole_program:
-        cases += [
-            Case("stochastic_ad", je.stochastic_ad(), num_samples=max(2, n // 16)),
-            Case(
-                "finite_difference(0.01, CRN)",
-                je.finite_difference(0.01),
-                num_samples=max(2, n // 16),
-            ),
-        ]
+        cases += _whole_program_cases(n // 16)
     return Workload(
         "W4", f"20 categoricals × 10 classes (N={n})", w4_prog, th, n, w4_exact(th), cases
     )

@@ -59,22 +59,18 @@ def check_positive(owner: str, name: str, value: Any, *, allow_zero: bool = Fals
         raise ValueError(f"{owner}: `{name}` must be {rel}, got {v.tolist()!r}")
 
 
-def is_prng_key(key: Any) -> bool:
-    """Whether ``key`` is a single JAX PRNG key (typed key, or legacy ``uint32[2]``)."""
-    if not hasattr(key, "dtype") or not hasattr(key, "shape"):
-        return False
-    if jnp.issubdtype(key.dtype, jax.dtypes.prng_key):
-        return key.shape == ()
-    return key.dtype == jnp.uint32 and key.shape == (2,)
+def check_key(key: Any, where: str) -> None:
+    """Raise (naming ``key`` and the caller) unless ``key`` is a single PRNG key.
 
+    Delegates to the distributions' key validation so both report the same way: a
+    ``TypeError`` for a non-key, a ``ValueError`` for a batch of keys.
+    """
+    from jaxestim.distributions._base import _validate_key
 
-def check_key(key: Any, where: str, name: str = "key") -> None:
-    """Raise ``TypeError`` naming the argument unless ``key`` is a single PRNG key."""
-    if not is_prng_key(key):
-        desc = f"{getattr(key, 'dtype', type(key).__name__)}{list(getattr(key, 'shape', ()))}"
-        raise TypeError(
-            f"{where}: `{name}` must be a single JAX PRNG key (e.g. jax.random.key(0)), got {desc}"
-        )
+    try:
+        _validate_key(key)
+    except (TypeError, ValueError) as e:
+        raise type(e)(f"{where}: {e} (e.g. pass jax.random.key(0))") from None
 
 
 def tree_scale(tree: Any, s: Any) -> Any:
