@@ -1,8 +1,12 @@
 """Command-line interface: ``jaxestim demo`` (also ``python -m jaxestim demo``).
 
 ``demo`` runs every gallery program under each of its applicable estimators with
-:func:`jaxestim.compare`, prints the comparison tables, and writes ``results.md`` (all
-tables) and one histogram PNG per program into ``--out``. ``list`` prints the gallery.
+:func:`jaxestim.compare`, prints the comparison tables and each program's recommendation
+(:meth:`jaxestim.ComparisonReport.recommend`: the estimator with the smallest
+work-normalized variance among those consistent with the exact gradient, and why the others
+were excluded), and writes ``results.md`` (all tables and recommendations) and one figure
+per program (histograms and work-normalized variances) into ``--out``. ``list`` prints the
+gallery.
 """
 
 from __future__ import annotations
@@ -12,6 +16,7 @@ import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 DEFAULT_NUM_SAMPLES = 10_000
 
@@ -40,8 +45,11 @@ def _build_parser(program_names: list[str]) -> argparse.ArgumentParser:
         description=(
             "Run each gallery program under every applicable estimator, print a "
             "comparison table per program (mean, std, SE, bias, z-score against the "
-            "exact gradient, compile time, time per sample, work-normalized variance), "
-            "and write results.md and one histogram PNG per program into --out."
+            "exact gradient, compile time, time per sample, work-normalized variance) and "
+            "the recommended estimator (smallest work-normalized variance among those "
+            "within 5 standard errors of the exact gradient, with the reason each other "
+            "estimator was excluded), and write results.md and one PNG per program "
+            "(histograms and work-normalized variances) into --out."
         ),
     )
     demo.add_argument(
@@ -71,7 +79,7 @@ def _build_parser(program_names: list[str]) -> argparse.ArgumentParser:
         ),
     )
     demo.add_argument("--seed", type=int, default=0, help="PRNG seed (default: %(default)s)")
-    demo.add_argument("--no-plots", action="store_true", help="do not write PNG histograms")
+    demo.add_argument("--no-plots", action="store_true", help="do not write PNG figures")
     sub.add_parser("list", help="list the gallery programs")
     return parser
 
@@ -120,6 +128,20 @@ def _select_estimators(
     return chosen
 
 
+def _recommendation_markdown(rec: Any) -> str:
+    """A :class:`jaxestim._compare.Recommendation` as a markdown paragraph and list."""
+    if rec.name is None:
+        head = f"**No estimator qualifies** ({rec.criterion})."
+    else:
+        head = (
+            f"**Recommended: {rec.name}** -- smallest work-normalized variance among the "
+            f"{len(rec.ranking)} qualifying estimator(s) ({rec.criterion})."
+        )
+    items = [f"- {k}: {v}" for k, v in rec.included.items()]
+    items += [f"- {k} excluded: {v}" for k, v in rec.excluded.items()]
+    return head + "\n\n" + "\n".join(items) + "\n"
+
+
 def _run_demo(args: argparse.Namespace, selected: dict[str, list[str]]) -> int:
     import jax
 
@@ -134,7 +156,10 @@ def _run_demo(args: argparse.Namespace, selected: dict[str, list[str]]) -> int:
         f"{args.num_samples} per-sample gradient estimates per estimator, seed {args.seed}, "
         f"JAX {jax.__version__} on {jax.default_backend()}. Work-normalized variance = "
         "per-sample variance × seconds per sample: the smallest reaches a target standard "
-        "error soonest (among unbiased estimators).\n",
+        "error soonest among unbiased estimators, so each program's recommendation ranks "
+        "only the estimators whose mean is within 5 standard errors of the exact gradient "
+        "(a zero-variance estimator must match it to float tolerance) and lists why the "
+        "others were excluded.\n",
     ]
     start = time.perf_counter()
     names = list(selected)
@@ -170,14 +195,16 @@ def _run_demo(args: argparse.Namespace, selected: dict[str, list[str]]) -> int:
                 print(f"{title}:")
                 for k, v in notes.items():
                     print(f"  - {k}: {v}")
+        rec = report.recommend()
+        print(rec)
         sections.append(f"## {name}\n\n{prog.description}\n\n{report.to_markdown()}")
+        sections.append(_recommendation_markdown(rec))
         for title, notes in (("Biased on this program", biased), ("Notes", remarks)):
             if notes:
                 items = "\n".join(f"- {k}: {v}" for k, v in notes.items())
                 sections.append(f"{title}:\n\n{items}\n")
         if not args.no_plots:
-            fig = report.plot()
-            fig.suptitle(heading, fontsize=10)
+            fig = report.plot(title=heading)
             png = out / f"{name}.png"
             fig.savefig(png, dpi=100)
             sections.append(f"![{name} histograms]({png.name})\n")

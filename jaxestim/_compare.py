@@ -4,13 +4,16 @@
 summarizes each one's per-sample estimates (mean, spread, standard error, bias and z-score
 against an exact gradient) together with its compile time and run time per sample. The
 *work-normalized variance* -- per-sample variance times seconds per sample -- is the
-figure of merit for choosing an estimator: to reach a standard error ``s`` an estimator
-needs ``N = var / s**2`` samples and so ``var * t / s**2`` seconds, so the smallest
-work-normalized variance reaches a target accuracy soonest (among unbiased estimators;
-a biased one is only as good as its bias allows).
+figure of merit for choosing among unbiased estimators: to reach a standard error ``s``
+an estimator needs ``N = var / s**2`` samples and so ``var * t / s**2`` seconds, so the
+smallest work-normalized variance reaches a target accuracy soonest. A biased estimator
+is only as good as its bias allows, so :meth:`ComparisonReport.recommend` (and
+:meth:`ComparisonReport.best`) rank only the estimators consistent with the exact gradient
+(when it is known) or documented to be unbiased (when it is not), and say why the others
+were left out.
 
-:func:`sweep` evaluates one estimator over a grid of parameter values and/or one of its
-numeric hyper-parameters (a finite-difference ``step``, a Gumbel-softmax
+:func:`sweep` evaluates one estimator over a grid of parameter values (any pytree) and/or
+one of its numeric hyper-parameters (a finite-difference ``step``, a Gumbel-softmax
 ``temperature``) in a single compiled :func:`jax.vmap`.
 """
 
@@ -34,7 +37,16 @@ from jaxestim._errors import EstimatorError
 from jaxestim._estimators import Estimator
 from jaxestim._transforms import grad_samples
 
-__all__ = ["ComparisonReport", "EstimatorResult", "SweepResult", "compare", "sweep"]
+__all__ = [
+    "UNBIASEDNESS",
+    "ComparisonReport",
+    "EstimatorResult",
+    "Recommendation",
+    "SweepResult",
+    "compare",
+    "documented_unbiased",
+    "sweep",
+]
 
 
 # --------------------------------------------------------------------------------------
@@ -104,6 +116,135 @@ def _flatten_exact(exact: Any, size: int, where: str) -> np.ndarray:
             "a scalar or a pytree shaped like the differentiated argument(s)"
         )
     return flat
+
+
+class _Layout:
+    """Leaf names, shapes and flat coordinates of a parameter (or gradient) pytree.
+
+    Coordinates are numbered as :func:`jax.flatten_util.ravel_pytree` numbers them: leaves
+    in :func:`jax.tree_util.tree_flatten` order, each raveled in C order. A coordinate's
+    name is the leaf's :func:`jax.tree_util.keystr` (``""`` for a bare array, ``"['a']"``
+    for ``params["a"]``, ``"[1]"`` for the second element of a tuple) followed by its index
+    within the leaf for non-scalar leaves (``"['b'][2]"``).
+    """
+
+    def __init__(self, tree: Any):
+        with_path, self.treedef = jax.tree_util.tree_flatten_with_path(tree)
+        self.leaf_names = [jax.tree_util.keystr(path) for path, _ in with_path]
+        self.shapes = [tuple(np.shape(leaf)) for _, leaf in with_path]
+        self.sizes = [math.prod(shape) for shape in self.shapes]
+        self.size = sum(self.sizes)
+        self.names: list[str] = []
+        for name, shape in zip(self.leaf_names, self.shapes, strict=True):
+            if shape == ():
+                self.names.append(name)
+            else:
+                self.names.extend(
+                    name + "".join(f"[{i}]" for i in idx) for idx in np.ndindex(*shape)
+                )
+
+    @property
+    def is_array(self) -> bool:
+        """Whether the tree is a single bare array (no containers)."""
+        return self.treedef.num_leaves == 1 and self.leaf_names == [""]
+
+    def flatten(self, tree: Any, lead_ndim: int) -> np.ndarray:
+        """A tree whose leaves carry ``lead_ndim`` extra leading axes -> float64 ``(*lead, P)``."""
+        leaves = self.treedef.flatten_up_to(tree)
+        parts = []
+        lead: tuple = ()
+        for leaf, size in zip(leaves, self.sizes, strict=True):
+            a = np.asarray(leaf, dtype=np.float64)
+            lead = a.shape[:lead_ndim]
+            parts.append(a.reshape(*lead, size))
+        return np.concatenate(parts, axis=-1) if parts else np.zeros((*lead, 0))
+
+    def unflatten(self, flat: np.ndarray | None) -> Any:
+        """Inverse of :meth:`flatten`: ``(*lead, P)`` -> tree of ``(*lead, *leaf shape)``."""
+        if flat is None:
+            return None
+        flat = np.asarray(flat)
+        lead = flat.shape[:-1]
+        out, start = [], 0
+        for shape, size in zip(self.shapes, self.sizes, strict=True):
+            out.append(flat[..., start : start + size].reshape(*lead, *shape))
+            start += size
+        return self.treedef.unflatten(out)
+
+    def index(self, coord: int | str, where: str) -> int:
+        """The flat index of coordinate ``coord`` (an int, or a name from :attr:`names`)."""
+        if isinstance(coord, str):
+            if coord in self.names:
+                return self.names.index(coord)
+            raise KeyError(
+                f"{where}: no coordinate named {coord!r}; coordinates are {self.names[:20]}"
+                + (" ..." if len(self.names) > 20 else "")
+            )
+        if isinstance(coord, bool) or not isinstance(coord, int | np.integer):
+            raise TypeError(f"{where}: `coord` must be an int or a coordinate name, got {coord!r}")
+        if not -self.size <= coord < self.size:
+            raise IndexError(
+                f"{where}: coord={coord!r} out of range for a gradient with {self.size} coordinates"
+            )
+        return int(coord) % self.size
+
+
+def _theta(name: str) -> str:
+    """Display label of a parameter coordinate: ``θ``, ``θ[1]``, ``θ['a']``, ..."""
+    return "θ" + name
+
+
+# ------------------------------------------------------------------ documented unbiasedness
+UNBIASEDNESS: dict[str, tuple[bool, str]] = {
+    "pathwise": (
+        True,
+        "pathwise is unbiased (for f differentiable in the continuous samples)",
+    ),
+    "score_function": (
+        True,
+        "score_function is unbiased with any baseline (for supports that do not depend on θ)",
+    ),
+    "auto": (
+        True,
+        "auto is unbiased (pathwise where reparameterizable, score function elsewhere)",
+    ),
+    "stochastic_ad": (True, "stochastic_ad is unbiased (no relaxation)"),
+    "finite_difference": (
+        False,
+        "finite_difference is biased: O(h²) for central, O(h) for one-sided differences",
+    ),
+    "gumbel_softmax": (
+        False,
+        "gumbel_softmax is biased: the relaxation evaluates f off the discrete support",
+    ),
+    "straight_through": (
+        False,
+        "straight_through is biased unless f is linear in the discrete samples",
+    ),
+}
+"""Estimator ``name`` (the class attribute) -> (documented unbiased?, the documented reason).
+
+The entries restate the estimators' docstrings; they describe the estimator under its
+documented conditions, not a check of any particular program (a per-site ``estimator=``
+override inside the program is not seen here). Give ``exact`` to :func:`compare` for a
+check against the program's true gradient. Add an entry for a new estimator class.
+"""
+
+
+def documented_unbiased(estimator: Any) -> tuple[bool, str]:
+    """``(True, reason)`` if ``estimator``'s class is documented unbiased, else ``(False, reason)``.
+
+    Looks up the estimator's ``name`` class attribute in :data:`UNBIASEDNESS`; estimators
+    not listed there are treated as not known to be unbiased.
+    """
+    name = getattr(estimator, "name", None)
+    if isinstance(name, str) and name in UNBIASEDNESS:
+        return UNBIASEDNESS[name]
+    return (
+        False,
+        f"{type(estimator).__name__} (name {name!r}) is not known to be unbiased (not listed "
+        "in jaxestim._compare.UNBIASEDNESS)",
+    )
 
 
 def _call_args(params: Any, argnums: int | Sequence[int]) -> tuple:
@@ -177,6 +318,42 @@ _COLUMNS = (
 )
 
 
+@dataclasses.dataclass(frozen=True)
+class Recommendation:
+    """Which estimator :meth:`ComparisonReport.recommend` chose, and why.
+
+    ``str(rec)`` is a readable explanation (one line per estimator).
+
+    Attributes:
+      name: the recommended estimator (smallest work-normalized variance among the
+        qualifying ones), or None when no estimator qualifies.
+      ranking: the qualifying estimators, smallest work-normalized variance first.
+      included: qualifying estimator -> why it qualifies, in ranking order.
+      excluded: left-out estimator -> why (not applicable; inconsistent with the exact
+        gradient; not documented unbiased), in the report's order.
+      criterion: the rule that was applied, in words.
+    """
+
+    name: str | None
+    ranking: tuple[str, ...]
+    included: dict[str, str]
+    excluded: dict[str, str]
+    criterion: str
+
+    def __str__(self) -> str:
+        if self.name is None:
+            head = f"no estimator qualifies ({self.criterion})"
+        else:
+            head = (
+                f"recommended: {self.name} (smallest work-normalized variance among "
+                f"{len(self.ranking)} qualifying; {self.criterion})"
+            )
+        lines = [head]
+        lines += [f"  {name}: {why}" for name, why in self.included.items()]
+        lines += [f"  {name} excluded: {why}" for name, why in self.excluded.items()]
+        return "\n".join(lines)
+
+
 @dataclasses.dataclass
 class ComparisonReport:
     """The result of :func:`compare`: one :class:`EstimatorResult` per estimator.
@@ -184,9 +361,10 @@ class ComparisonReport:
     ``str(report)`` is an aligned table; :meth:`to_markdown`, :meth:`to_dict` and
     :meth:`plot` give the same information as GitHub markdown, plain JSON-serializable
     Python objects, and histograms. For a multi-coordinate gradient the table shows
-    coordinate ``coord`` (default 0) in the mean/std/SE/bias/z columns and adds the
-    RMS-over-coordinates std; the work-normalized variance always averages all
-    coordinates.
+    coordinate ``coord`` (default 0; an index or a name from ``coord_names``) in the
+    mean/std/SE/bias/z columns and adds the RMS-over-coordinates std; the work-normalized
+    variance always averages all coordinates. :meth:`recommend` and :meth:`best` pick an
+    estimator.
 
     Attributes:
       results: estimator name -> :class:`EstimatorResult`, in the order given.
@@ -194,6 +372,9 @@ class ComparisonReport:
       num_coords: ``P``, the number of gradient coordinates.
       exact_flat: the exact gradient, float64 ``(P,)``, or None.
       title: optional heading used by the printers.
+      coord_names: the ``P`` coordinate names: :func:`jax.tree_util.keystr` of the
+        gradient leaf plus the index within the leaf, e.g. ``"['b'][1]"`` (``""`` for a
+        scalar gradient). None means unnamed.
     """
 
     results: dict[str, EstimatorResult]
@@ -201,6 +382,7 @@ class ComparisonReport:
     num_coords: int
     exact_flat: np.ndarray | None = None
     title: str | None = None
+    coord_names: tuple[str, ...] | None = None
 
     # --- access -----------------------------------------------------------------------
     def __getitem__(self, name: str) -> EstimatorResult:
@@ -211,22 +393,152 @@ class ComparisonReport:
         """The results of the estimators that ran."""
         return {k: r for k, r in self.results.items() if r.applicable}
 
-    def best(self, max_abs_z: float | None = None) -> str:
-        """Name of the estimator with the smallest work-normalized variance.
+    def recommend(
+        self, z_threshold: float = 5.0, *, rtol: float = 1e-5, atol: float = 1e-7
+    ) -> Recommendation:
+        """Rank the estimators that qualify by work-normalized variance, and say why.
 
-        With ``max_abs_z`` (and an exact gradient), estimators whose ``|z|`` exceeds it in
-        any coordinate (detectably biased at this sample size) are skipped.
+        Only unbiased estimators can be ranked by variance: a biased one converges to the
+        wrong gradient however many samples it is given. Which estimators qualify:
+
+        * **with an exact gradient** (``exact`` given to :func:`compare`): those
+          *consistent* with it, i.e. in every coordinate ``i``
+
+              ``|mean_i - exact_i| <= z_threshold * SE_i + rtol * max(|exact_i|, |mean_i|)
+              + atol``
+
+          (``SE_i = std_i / sqrt(N)``). The tolerance term only matters for
+          zero-variance estimators: an estimator with ``SE = 0`` qualifies only if its
+          mean equals the exact value to float tolerance. A non-finite mean or SE never
+          qualifies. An estimator that is biased in general (e.g. finite differences)
+          qualifies when its bias is undetectable at this ``N``; its reason says so.
+        * **without an exact gradient**: those whose class is documented unbiased
+          (:func:`documented_unbiased`: pathwise, score function with any baseline, auto,
+          stochastic_ad); finite differences (bias ``O(h²)``/``O(h)``), Gumbel-softmax,
+          straight-through and estimators not listed in :data:`UNBIASEDNESS` are excluded.
+          This trusts the documentation, not the program: it cannot see a per-site
+          ``estimator=`` override or a program that breaks an estimator's conditions.
+
+        Not-applicable estimators are always excluded. The qualifying ones are ranked by
+        ``work_normalized_variance`` (mean per-coordinate variance x seconds per sample),
+        smallest first (ties keep the report's order).
+
+        Args:
+          z_threshold: how many standard errors a mean may lie from the exact value.
+          rtol, atol: the float tolerance of the consistency check (see above).
+
+        Returns:
+          A :class:`Recommendation`; its ``name`` is None when nothing qualifies (this
+          method never raises for that; :meth:`best` does).
         """
-        cands = self.applicable
-        if max_abs_z is not None and self.exact_flat is not None:
-            cands = {
-                k: r
-                for k, r in cands.items()
-                if np.all(np.nan_to_num(np.abs(r.z_flat), nan=0.0) <= max_abs_z)
-            }
-        if not cands:
-            raise ValueError("no estimator satisfies the criterion")
-        return min(cands, key=lambda k: cands[k].work_normalized_variance)
+        if not z_threshold >= 0:
+            raise ValueError(f"recommend: `z_threshold` must be >= 0, got {z_threshold!r}")
+        included: dict[str, str] = {}
+        excluded: dict[str, str] = {}
+        exact = self.exact_flat
+        n = self.num_samples
+        if exact is not None:
+            criterion = (
+                f"ranked: estimators whose mean is within {_fmt(z_threshold, 3)} SE of the "
+                f"exact gradient (N = {n})"
+            )
+        else:
+            criterion = "ranked: estimators documented unbiased (no exact gradient given)"
+        for name, r in self.results.items():
+            if not r.applicable:
+                excluded[name] = f"not applicable: {r.message}"
+                continue
+            unbiased, doc = documented_unbiased(r.estimator)
+            if exact is None:
+                if unbiased:
+                    included[name] = doc
+                else:
+                    excluded[name] = doc
+                continue
+            why_not, why = self._consistency(r, z_threshold, rtol, atol)
+            if why_not is not None:
+                excluded[name] = why_not
+            else:
+                if not unbiased:
+                    why += f"; its bias is undetectable at N = {n}, but {doc}"
+                included[name] = why
+
+        def cost(name: str) -> float:
+            w = self.results[name].work_normalized_variance
+            return w if w is not None and math.isfinite(w) else math.inf
+
+        ranking = tuple(sorted(included, key=cost))  # stable: ties keep the report's order
+        included = {k: included[k] for k in ranking}
+        for k in ranking:
+            included[k] += f"; work-norm var {_fmt(self.results[k].work_normalized_variance, 3)}"
+        return Recommendation(
+            name=ranking[0] if ranking else None,
+            ranking=ranking,
+            included=included,
+            excluded=excluded,
+            criterion=criterion,
+        )
+
+    def _consistency(
+        self, r: EstimatorResult, z_threshold: float, rtol: float, atol: float
+    ) -> tuple[str | None, str]:
+        """``(None, why it is consistent)`` or ``(why it is not, "")`` against the exact value."""
+        exact = self.exact_flat
+        mean, se = r.mean_flat, r.se_flat
+        bias = mean - exact
+        multi = self.num_coords > 1
+
+        def where(i: int) -> str:
+            return f" in coordinate {self._coord_label(i)}" if multi else ""
+
+        bad = ~(np.isfinite(mean) & np.isfinite(se))
+        if bad.any():
+            i = int(np.argmax(bad))
+            return f"non-finite estimate{where(i)} (mean {_fmt(mean[i])}, SE {_fmt(se[i])})", ""
+        tol = rtol * np.maximum(np.abs(exact), np.abs(mean)) + atol
+        allowed = z_threshold * se + tol
+        over = np.abs(bias) > allowed
+        zero = se == 0
+        if over.any():
+            # the worst offender: largest |bias| / allowed
+            i = int(np.argmax(np.where(over, np.abs(bias) / allowed, -1.0)))
+            if zero[i]:
+                return (
+                    f"zero-variance estimate {_fmt(mean[i], 6)}{where(i)} differs from the "
+                    f"exact value {_fmt(exact[i], 6)} (bias {_fmt(bias[i], 3)}; with SE = 0 "
+                    "only float tolerance is allowed)",
+                    "",
+                )
+            return (
+                f"bias {_fmt(bias[i], 3)}{where(i)} is {_fmt(abs(bias[i]) / se[i], 3)} SE "
+                f"from the exact value (threshold {_fmt(z_threshold, 3)} SE)",
+                "",
+            )
+        if zero.all():
+            return None, "zero variance; equals the exact value to float tolerance"
+        z = np.where(zero, 0.0, np.abs(bias) / np.where(zero, 1.0, se))
+        return None, f"|bias| <= {_fmt(float(np.max(z)), 3)} SE of the exact value"
+
+    def best(self, z_threshold: float = 5.0, *, rtol: float = 1e-5, atol: float = 1e-7) -> str:
+        """Name of the qualifying estimator with the smallest work-normalized variance.
+
+        The same rule as :meth:`recommend` (which also says why each estimator was
+        included or excluded): with an exact gradient only estimators consistent with it
+        (within ``z_threshold`` standard errors; zero-variance ones to float tolerance)
+        are ranked, without one only those documented unbiased.
+
+        Raises:
+          ValueError: if no estimator qualifies; the message lists why each was excluded.
+        """
+        rec = self.recommend(z_threshold, rtol=rtol, atol=atol)
+        if rec.name is None:
+            raise ValueError(f"best: {rec}")
+        return rec.name
+
+    def _coord_label(self, i: int) -> str:
+        if self.coord_names is None:
+            return str(i)
+        return f"{i} ({_theta(self.coord_names[i])})"
 
     # --- tables -----------------------------------------------------------------------
     def _rows(self, coord: int) -> tuple[list[str], list[list[str]], list[str]]:
@@ -267,19 +579,20 @@ class ComparisonReport:
         if self.exact_flat is not None:
             info += f"; exact gradient = {_fmt(self.exact_flat[coord], 6)}"
             if self.num_coords > 1:
-                info += f" (coordinate {coord})"
+                info += f" (coordinate {self._coord_label(coord)})"
         lines.append(info)
         if self.num_coords > 1:
             lines.append(
                 f"gradient has {self.num_coords} coordinates: mean/std/SE/bias/z show "
-                f"coordinate {coord}; 'RMS std' is the root-mean-square std over all "
+                f"coordinate {self._coord_label(coord)}; 'RMS std' is the root-mean-square "
+                "std over all "
                 "coordinates; work-norm var uses the mean variance over all coordinates"
             )
         return lines
 
-    def table(self, coord: int = 0) -> str:
+    def table(self, coord: int | str = 0) -> str:
         """The aligned plain-text table, showing gradient coordinate ``coord``."""
-        self._check_coord(coord)
+        coord = self._check_coord(coord)
         header, rows, notes = self._rows(coord)
         widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(header)]
 
@@ -305,9 +618,9 @@ class ComparisonReport:
     def __repr__(self) -> str:
         return self.table()
 
-    def to_markdown(self, coord: int = 0) -> str:
+    def to_markdown(self, coord: int | str = 0) -> str:
         """A GitHub-flavoured markdown table (one row per estimator) with notes below it."""
-        self._check_coord(coord)
+        coord = self._check_coord(coord)
         header, rows, notes = self._rows(coord)
 
         def line(cells: list[str]) -> str:
@@ -327,6 +640,7 @@ class ComparisonReport:
         """Plain Python floats, lists and strings (``json.dumps``-able).
 
         Non-finite numbers (``z`` when the standard error is 0) become ``None``.
+        ``"recommendation"`` is :meth:`recommend` with its default arguments.
         """
         ests = {}
         for name, r in self.results.items():
@@ -354,37 +668,99 @@ class ComparisonReport:
             "num_samples": int(self.num_samples),
             "num_coords": int(self.num_coords),
             "exact": _json_list(self.exact_flat),
+            "coord_names": None if self.coord_names is None else list(self.coord_names),
             "estimators": ests,
+            "recommendation": dataclasses.asdict(self.recommend()),
         }
 
-    def _check_coord(self, coord: int) -> None:
-        if not isinstance(coord, int) or not -self.num_coords <= coord < self.num_coords:
+    def _check_coord(self, coord: int | str) -> int:
+        """The flat index of ``coord`` (an index, or a name from ``coord_names``)."""
+        names = self.coord_names
+        if isinstance(coord, str) and names is not None and coord in names:
+            return names.index(coord)
+        if isinstance(coord, bool) or not isinstance(coord, int | np.integer):
+            raise IndexError(
+                f"coord={coord!r} is neither an index nor a coordinate name "
+                f"(names: {list(names or [])[:20]})"
+            )
+        if not -self.num_coords <= coord < self.num_coords:
             raise IndexError(
                 f"coord={coord!r} out of range for a gradient with {self.num_coords} coordinates"
             )
+        return int(coord) % self.num_coords
 
     # --- plot -------------------------------------------------------------------------
     def plot(
-        self, coord: int = 0, *, bins: int = 40, ncols: int = 3, figsize: tuple | None = None
+        self,
+        coord: int | str = 0,
+        *,
+        bins: int = 40,
+        ncols: int = 3,
+        figsize: tuple | None = None,
+        work: bool = True,
+        title: str | None = None,
     ) -> Any:
         """Histograms of the per-sample estimates of gradient coordinate ``coord``.
 
-        One axes per estimator (a not-applicable one shows its message), with the exact
-        gradient (when known) and the mean marked by vertical lines; titles give the
-        estimator's name and standard error. Returns a ``matplotlib.figure.Figure``.
+        One panel per estimator, all with the same bins over one x range (the pooled
+        range of every estimator's samples, the means and the exact value) and one
+        density axis (``sharex``/``sharey``), so spreads and offsets compare at a glance.
+        The density axis is logarithmic when a panel is heavy-tailed (kurtosis > 20) or
+        the panels' peak densities differ by more than 20x (e.g. a zero-variance spike
+        beside a wide histogram). Each panel marks the mean with an error bar of ±1
+        standard error (drawn near the top of the panel) and the exact gradient (when
+        known) with a dashed line; its title gives the mean ± SE. A not-applicable
+        estimator's panel shows its message instead.
+
+        With ``work=True`` a last panel shows each estimator's work-normalized variance
+        (mean per-coordinate variance x seconds per sample, log scale when all are
+        positive), the recommended estimator (:meth:`recommend`) highlighted and the
+        excluded ones grey. The figure's title is ``title`` (default: the report's
+        title) above a line stating what is plotted and ``N``. Returns a
+        ``matplotlib.figure.Figure``.
         """
-        self._check_coord(coord)
+        coord = self._check_coord(coord)
         names = list(self.results)
         ncols = max(1, min(ncols, len(names)))
         nrows = math.ceil(len(names) / ncols)
-        fig = _new_figure(figsize=figsize or (4.2 * ncols, 3.3 * nrows), layout="constrained")
-        axes = fig.subplots(nrows, ncols, squeeze=False).ravel()
-        for ax in axes[len(names) :]:
-            fig.delaxes(ax)
-        which = f"∂E[f]/∂θ[{coord}]" if self.num_coords > 1 else "∂E[f]/∂θ"
-        for ax, name in zip(axes, names, strict=False):
+        height = 3.0 * nrows + (2.2 if work else 0.0)
+        fig = _new_figure(figsize=figsize or (4.2 * ncols, height), layout="constrained")
+        ratios = [1.0] * nrows + ([0.75] if work else [])
+        gs = fig.add_gridspec(len(ratios), ncols, height_ratios=ratios)
+        cname = "" if self.coord_names is None else self.coord_names[coord]
+        if self.coord_names is None and self.num_coords > 1:
+            cname = f"[{coord}]"
+        which = f"∂E[f]/∂{_theta(cname)}"
+
+        # one set of bins for every panel
+        applicable = {k: r for k, r in self.results.items() if r.applicable}
+        pooled = [r.samples[:, coord] for r in applicable.values()]
+        marks = [r.mean_flat[coord] for r in applicable.values()]
+        if self.exact_flat is not None:
+            marks.append(self.exact_flat[coord])
+        values = np.concatenate([*pooled, np.asarray(marks, dtype=np.float64)])
+        values = values[np.isfinite(values)]
+        lo, hi = (float(values.min()), float(values.max())) if values.size else (-1.0, 1.0)
+        if hi - lo < 1e-12 * max(1.0, abs(hi)):
+            lo, hi = lo - 0.5, hi + 0.5
+        edges = np.linspace(lo, hi, bins + 1)
+        hists, heavy = {}, False
+        for name, r in applicable.items():
+            x = r.samples[:, coord]
+            x = x[np.isfinite(x)]
+            hists[name] = np.histogram(x, bins=edges, density=True)[0] if x.size else None
+            centered = x - np.mean(x) if x.size else x
+            var = np.mean(centered**2) if x.size else 0.0
+            heavy |= bool(var > 0 and np.mean(centered**4) / var**2 > 20.0)  # kurtosis
+        peaks = [float(h.max()) for h in hists.values() if h is not None and h.max() > 0]
+        log_y = heavy or (len(peaks) > 1 and max(peaks) > 20.0 * min(peaks))
+
+        first = None
+        for i, name in enumerate(names):
             r = self.results[name]
-            if not r.applicable:
+            spec = gs[i // ncols, i % ncols]
+            if not r.applicable:  # not shared: its blank axes must not hide the others' ticks
+                ax = fig.add_subplot(spec)
                 ax.set_title(f"{name}: not applicable", fontsize=10)
                 ax.text(
                     0.5,
@@ -399,31 +775,24 @@ class ComparisonReport:
                 ax.set_xticks([])
                 ax.set_yticks([])
                 continue
-            x = r.samples[:, coord]
-            # heavy tails or rare large values (score function, finite differences at
-            # discrete sites) are invisible in a linear histogram: use a log density axis
-            # when the kurtosis is large (a Gaussian has 3)
-            marks = [r.mean_flat[coord]]
-            if self.exact_flat is not None:
-                marks.append(self.exact_flat[coord])
-            lo, hi = min(float(np.min(x)), *marks), max(float(np.max(x)), *marks)
-            if hi - lo < 1e-12 * max(1.0, abs(hi)):
-                lo, hi = lo - 0.5, hi + 0.5
-            centered = x - np.mean(x)
-            var = np.mean(centered**2)
-            log_y = bool(var > 0 and np.mean(centered**4) / var**2 > 20.0)  # kurtosis
-            ax.hist(
-                x,
-                bins=bins,
-                range=(lo, hi),
-                density=True,
-                log=log_y,
-                color="C0",
-                alpha=0.7,
-                label=f"{self.num_samples} samples",
-            )
-            ax.axvline(
-                r.mean_flat[coord], color="C3", lw=1.5, label=f"mean = {_fmt(r.mean_flat[coord])}"
+            ax = fig.add_subplot(spec, sharex=first, sharey=first)
+            first = first or ax
+            h = hists[name]
+            if h is not None:
+                ax.stairs(h, edges, fill=True, color="C0", alpha=0.7, label="per-sample estimates")
+            mean, se = r.mean_flat[coord], r.se_flat[coord]
+            ax.axvline(mean, color="C3", lw=1.0, alpha=0.6)
+            ax.errorbar(
+                [mean],
+                [0.93],
+                xerr=[se],
+                fmt="o",
+                ms=4,
+                color="C3",
+                capsize=4,
+                lw=1.5,
+                transform=ax.get_xaxis_transform(),  # y in axes fraction: the panel's top
+                label=f"mean ± SE = {_fmt(mean)} ± {_fmt(se, 2)}",
             )
             if self.exact_flat is not None:  # drawn last: dashed, visible over the mean
                 ax.axvline(
@@ -433,13 +802,65 @@ class ComparisonReport:
                     lw=1.5,
                     label=f"exact = {_fmt(self.exact_flat[coord])}",
                 )
-            ax.set_title(f"{name}\nSE = {_fmt(r.se_flat[coord], 3)}", fontsize=10)
+            ax.set_title(f"{name}\nmean {_fmt(mean)} ± SE {_fmt(se, 3)}", fontsize=10)
             ax.set_xlabel(f"per-sample estimate of {which}")
             ax.set_ylabel("density (log scale)" if log_y else "density")
-            ax.legend(fontsize=7)
-        if self.title:
-            fig.suptitle(self.title)
+            ax.legend(fontsize=7, loc="center right")
+        if first is not None:
+            first.set_xlim(lo - 0.02 * (hi - lo), hi + 0.02 * (hi - lo))
+            if log_y:
+                first.set_yscale("log")
+            else:
+                first.set_ylim(0, max(peaks or [1.0]) * 1.25)  # room for the mean ± SE bar
+        if work:
+            self._plot_work(fig.add_subplot(gs[nrows, :]))
+        suptitle = (
+            f"per-sample estimates of {which}: N = {self.num_samples} per estimator, "
+            "same bins and density scale in every panel"
+        )
+        heading = self.title if title is None else title
+        fig.suptitle(f"{heading}\n{suptitle}" if heading else suptitle, fontsize=10)
         return fig
+
+    def _plot_work(self, ax: Any) -> None:
+        """Horizontal bars of the work-normalized variance, coloured by :meth:`recommend`."""
+        rec = self.recommend()
+        names = [k for k, r in self.results.items() if r.applicable]
+        w = np.asarray([self.results[k].work_normalized_variance for k in names], np.float64)
+        colors = ["C2" if k == rec.name else ("C0" if k in rec.included else "0.7") for k in names]
+        y = np.arange(len(names))
+        positive = w[np.isfinite(w) & (w > 0)]
+        log_x = positive.size > 0 and positive.size == w.size
+        ax.barh(y, w, color=colors)
+        for j, v in enumerate(w):
+            ax.annotate(
+                f" {_fmt(v, 3)}" + (" (zero variance)" if v == 0 else ""),
+                (v if np.isfinite(v) else 0.0, j),
+                va="center",
+                fontsize=7,
+            )
+        ax.set_yticks(y, [f"{k} (excluded)" if k in rec.excluded else k for k in names])
+        ax.invert_yaxis()
+        if log_x:
+            ax.set_xscale("log")
+            ax.set_xlim(positive.min() / 3, positive.max() * 30)
+        elif positive.size:
+            ax.set_xlim(0, positive.max() * 1.4)
+        ax.set_xlabel(
+            "work-normalized variance = per-sample variance (mean over coordinates) × "
+            "seconds per sample"
+        )
+        best = "none qualifies" if rec.name is None else rec.name
+        rule = (
+            "consistent with the exact value"
+            if self.exact_flat is not None
+            else "documented unbiased"
+        )
+        ax.set_title(
+            f"smaller reaches a target SE sooner; ranked only if {rule} (grey: excluded); "
+            f"recommended: {best}",
+            fontsize=9,
+        )
 
 
 def _wrap(text: str, width: int) -> str:
@@ -513,6 +934,7 @@ def compare(
     results: dict[str, EstimatorResult] = {}
     exact_flat = None
     num_coords = None
+    coord_names: tuple[str, ...] | None = None
     for name, est in estimators.items():
         if progress is not None:
             progress(name)
@@ -537,6 +959,7 @@ def compare(
         p = x.shape[1]
         if num_coords is None:
             num_coords = p
+            coord_names = tuple(_Layout(one).names)
             if exact is not None:
                 exact_flat = _flatten_exact(exact, p, "compare")
         mean = x.mean(axis=0)
@@ -569,7 +992,7 @@ def compare(
     if num_coords is None:
         msgs = "; ".join(f"{n}: {r.message}" for n, r in results.items())
         raise EstimatorError(f"compare: no estimator applies to this program ({msgs})")
-    return ComparisonReport(results, num_samples, num_coords, exact_flat, title)
+    return ComparisonReport(results, num_samples, num_coords, exact_flat, title, coord_names)
 
 
 # --------------------------------------------------------------------------------------
@@ -581,129 +1004,298 @@ def compare(
 class SweepResult:
     """The result of :func:`sweep`.
 
-    Grid axes come first: ``(H, G)`` when both a hyper-parameter (``H`` values) and a
-    parameter grid (``G`` points) are swept, ``(H,)`` or ``(G,)`` when only one is; then
-    the parameter's own shape.
+    Statistics are kept flat -- ``(*grid, P)`` arrays, grid axes first: ``(H, G)`` when
+    both a hyper-parameter (``H`` values) and a parameter grid (``G`` points) are swept,
+    ``(H,)`` or ``(G,)`` when only one is; then the ``P`` gradient coordinates, named by
+    ``coord_names`` -- and the properties :attr:`mean`, :attr:`std`, :attr:`se`,
+    :attr:`exact` and :attr:`bias` give them shaped like the parameters (a pytree whose
+    leaves have the grid axes in front; a plain array for array parameters).
 
     Attributes:
       estimator: the base estimator.
       num_samples: ``N`` (an array of values when swept over ``"num_samples"``).
-      params_grid: the parameter grid (leading axis ``G``) or None.
+      params_grid: the parameter grid (a pytree of NumPy arrays with leading axis ``G``)
+        or None.
+      params: the fixed parameters of a sweep over ``hyper`` only, else None.
       hyper_name, hyper_values: the swept hyper-parameter, or None.
-      mean, std, se: per-grid-point mean, standard deviation (``ddof=1``) and standard
-        error of the per-sample estimates.
-      exact, bias: exact gradients and ``mean - exact`` when ``exact_fn`` was given.
+      coord_names: the ``P`` coordinate names: :func:`jax.tree_util.keystr` of the leaf
+        plus the index within the leaf (``""`` for a scalar parameter, ``"[1]"`` for an
+        array's second entry, ``"['b'][1]"`` for ``params["b"][1]``).
+      grid_flat: the parameter grid as float64 ``(G, P)`` (None without a grid).
+      mean_flat, std_flat, se_flat: per-grid-point mean, standard deviation (``ddof=1``)
+        and standard error ``std / sqrt(N)`` of the per-sample estimates.
+      std_se_flat: the standard error of ``std_flat`` (delta method from the sample
+        fourth central moment ``m4``: ``sqrt((m4 - std**4 (N-3)/(N-1)) / N) / (2 std)``;
+        no normality assumed); the error bars of ``std`` plots.
+      exact_flat, bias_flat: exact gradients (broadcast over the grid axes) and
+        ``mean - exact`` when ``exact_fn`` was given, else None.
     """
 
     estimator: Any
     num_samples: Any
-    params_grid: np.ndarray | None
+    params_grid: Any
+    params: Any
     hyper_name: str | None
     hyper_values: np.ndarray | None
-    mean: np.ndarray
-    std: np.ndarray
-    se: np.ndarray
-    exact: np.ndarray | None = None
-    bias: np.ndarray | None = None
+    coord_names: tuple[str, ...]
+    grid_flat: np.ndarray | None
+    mean_flat: np.ndarray
+    std_flat: np.ndarray
+    se_flat: np.ndarray
+    std_se_flat: np.ndarray
+    exact_flat: np.ndarray | None = None
+    bias_flat: np.ndarray | None = None
+    layout: _Layout | None = dataclasses.field(default=None, repr=False, compare=False)
+
+    # --- shaped views -----------------------------------------------------------------
+    def _tree(self, flat: np.ndarray | None) -> Any:
+        return None if flat is None else self.layout.unflatten(flat)
+
+    @property
+    def mean(self) -> Any:
+        """Mean estimate per grid point, shaped like the parameters (grid axes first)."""
+        return self._tree(self.mean_flat)
+
+    @property
+    def std(self) -> Any:
+        """Per-sample standard deviation (``ddof=1``) per grid point, like :attr:`mean`."""
+        return self._tree(self.std_flat)
+
+    @property
+    def se(self) -> Any:
+        """Standard error of the mean per grid point, like :attr:`mean`."""
+        return self._tree(self.se_flat)
+
+    @property
+    def exact(self) -> Any:
+        """Exact gradient per grid point (None without ``exact_fn``), like :attr:`mean`."""
+        return self._tree(self.exact_flat)
+
+    @property
+    def bias(self) -> Any:
+        """``mean - exact`` per grid point (None without ``exact_fn``), like :attr:`mean`."""
+        return self._tree(self.bias_flat)
+
+    def _json(self, flat: np.ndarray | None) -> Any:
+        if flat is None:
+            return None
+        if self.layout.is_array:
+            return _json_list(self.layout.unflatten(flat))
+        names = self.layout.leaf_names
+        leaves = self.layout.treedef.flatten_up_to(self.layout.unflatten(flat))
+        return {n: _json_list(leaf) for n, leaf in zip(names, leaves, strict=True)}
 
     def to_dict(self) -> dict[str, Any]:
-        """Plain Python lists and floats (``json.dumps``-able; non-finite -> None)."""
+        """Plain Python lists and floats (``json.dumps``-able; non-finite -> None).
+
+        For array parameters each statistic is a nested list (grid axes, then the
+        parameter's shape); for pytree parameters a dict leaf name (``keystr``) -> nested
+        list. ``coord_names`` names the flat coordinates.
+        """
+        grid = None
+        if self.grid_flat is not None:
+            if self.layout.is_array:
+                grid = _json_list(self.params_grid)
+            else:
+                grid = self._json(self.grid_flat)
         return {
             "estimator": type(self.estimator).__name__,
             "num_samples": np.asarray(self.num_samples).tolist(),
-            "params_grid": _json_list(self.params_grid),
+            "params_grid": grid,
             "hyper_name": self.hyper_name,
             "hyper_values": _json_list(self.hyper_values),
-            "mean": _json_list(self.mean),
-            "std": _json_list(self.std),
-            "se": _json_list(self.se),
-            "exact": _json_list(self.exact),
-            "bias": _json_list(self.bias),
+            "coord_names": list(self.coord_names),
+            "mean": self._json(self.mean_flat),
+            "std": self._json(self.std_flat),
+            "se": self._json(self.se_flat),
+            "exact": self._json(self.exact_flat),
+            "bias": self._json(self.bias_flat),
         }
 
-    def _stat(self, name: str) -> np.ndarray:
-        if name in ("bias", "abs_bias", "exact") and self.bias is None:
+    # --- plot -------------------------------------------------------------------------
+    _STATS = ("mean", "std", "se", "bias", "abs_bias", "exact")
+
+    def _stat(self, name: str, coord: int) -> tuple[np.ndarray, np.ndarray | None]:
+        """Statistic ``name`` of coordinate ``coord`` and its ±1 standard-error bar."""
+        if name in ("bias", "abs_bias", "exact") and self.bias_flat is None:
             raise ValueError(f"SweepResult.plot: {name!r} needs `exact_fn` in sweep()")
-        if name == "abs_bias":
-            return np.abs(self.bias)
-        if name not in ("mean", "std", "se", "bias", "exact"):
+        if name not in self._STATS:
             raise ValueError(
                 f"SweepResult.plot: unknown statistic {name!r}; expected 'mean', 'std', "
                 "'se', 'bias', 'abs_bias' or 'exact'"
             )
-        return np.broadcast_to(getattr(self, name), self.mean.shape)
+        se, std_se = self.se_flat[..., coord], self.std_se_flat[..., coord]
+        if name == "mean":
+            return self.mean_flat[..., coord], se
+        if name == "bias":
+            return self.bias_flat[..., coord], se
+        if name == "abs_bias":
+            return np.abs(self.bias_flat[..., coord]), se
+        if name == "exact":
+            return self.exact_flat[..., coord], None
+        if name == "std":
+            return self.std_flat[..., coord], std_se
+        n = np.asarray(self.num_samples, dtype=np.float64)
+        if n.ndim:  # a num_samples sweep: N varies along the first grid axis
+            n = n.reshape((-1,) + (1,) * (se.ndim - 1))
+        return se, std_se / np.sqrt(n)
+
+    def _default_x(self, coord: int) -> int:
+        """The grid coordinate on the x axis: ``coord`` if it varies, else the first that does."""
+        g = self.grid_flat
+        varies = [j for j in range(g.shape[1]) if np.ptp(g[:, j]) > 0]
+        if coord in varies or not varies:
+            return coord
+        return varies[0]
 
     def plot(
         self,
         ax: Any = None,
         *,
         stats: Sequence[str] | None = None,
-        coord: int = 0,
+        coord: int | str = 0,
+        x: int | str | None = None,
         logx: bool | None = None,
         logy: bool | None = None,
         label: str | None = None,
     ) -> Any:
-        """Plot statistics against the swept axis; returns the Figure.
+        """Plot statistics of gradient coordinate ``coord`` against the swept axis.
 
         The x axis is the hyper-parameter when one was swept (one line per parameter grid
-        point if a parameter grid was swept too), otherwise the parameter grid (its
-        coordinate ``coord`` for array parameters). ``stats`` chooses among ``"mean"``,
-        ``"std"``, ``"se"``, ``"bias"``, ``"abs_bias"`` and ``"exact"``; by default
-        ``("abs_bias", "std")`` for a hyper-parameter sweep with ``exact_fn`` (bias and
-        spread vs temperature), ``("std",)`` for one without, and ``("mean", "exact")`` or
-        ``("mean",)`` for a parameter sweep. Logarithmic axes are the default for a
-        ``step``/``temperature``/``num_samples`` x axis and for positive statistics
-        (std, se, abs_bias) -- e.g. std vs finite-difference step on log-log axes. Pass
+        point if a parameter grid was swept too), otherwise the parameter grid's
+        coordinate ``x`` (an index or a name from ``coord_names``; by default ``coord``
+        when that coordinate varies over the grid, else the first one that does).
+        ``coord`` is an index or a name from ``coord_names``.
+
+        ``stats`` chooses among ``"mean"``, ``"std"``, ``"se"``, ``"bias"``,
+        ``"abs_bias"`` and ``"exact"``. Every statistic but ``exact`` is drawn with ±1
+        standard-error bars: ``SE = std/sqrt(N)`` for mean, bias and ``|bias|``; the
+        delta-method SE of the standard deviation (``std_se_flat``) for std, divided by
+        ``sqrt(N)`` for se. Defaults: ``("se",)`` -- the standard error of the mean vs
+        ``N`` with a dashed ``std/sqrt(N)`` reference through the largest ``N`` -- for a
+        ``num_samples`` sweep; ``("abs_bias", "std")`` for another hyper-parameter sweep
+        with ``exact_fn`` (bias and spread vs temperature), ``("std",)`` without it;
+        ``("mean", "exact")`` or ``("mean",)`` for a parameter sweep. Logarithmic axes are
+        the default for a ``step``/``temperature``/``num_samples`` x axis and for positive
+        statistics (std, se, abs_bias) -- e.g. std vs finite-difference step on log-log
+        axes. The title names the estimator, what is plotted, and the sample size. Pass
         ``ax`` to draw into existing axes (e.g. to overlay CRN and no-CRN sweeps) and
-        ``label`` to prefix the legend entries.
+        ``label`` to prefix the legend entries. Returns the Figure.
         """
+        layout = self.layout
+        c = layout.index(coord, "SweepResult.plot")
         hyper = self.hyper_name is not None
+        n_sweep = self.hyper_name == "num_samples"
         if stats is None:
-            if hyper:
-                stats = ("abs_bias", "std") if self.bias is not None else ("std",)
+            if n_sweep:
+                stats = ("se",)
+            elif hyper:
+                stats = ("abs_bias", "std") if self.bias_flat is not None else ("std",)
             else:
-                stats = ("mean", "exact") if self.bias is not None else ("mean",)
+                stats = ("mean", "exact") if self.bias_flat is not None else ("mean",)
         stats = tuple(stats)
         if ax is None:
-            fig = _new_figure(figsize=(5.5, 4), layout="constrained")
+            fig = _new_figure(figsize=(6, 4.3), layout="constrained")
             ax = fig.add_subplot()
         else:
             fig = ax.figure
-        coord_ix = (slice(None),) * (2 if hyper and self.params_grid is not None else 1)
+        names = self.coord_names
         if hyper:
-            x = np.asarray(self.hyper_values, dtype=np.float64)
-            xlabel = self.hyper_name
+            xs = np.asarray(self.hyper_values, dtype=np.float64)
+            xlabel = "N (samples per estimate)" if n_sweep else self.hyper_name
         else:
-            g = np.asarray(self.params_grid, dtype=np.float64)
-            x = g.reshape(g.shape[0], -1)[:, coord]
-            xlabel = "θ" if g.ndim == 1 else f"θ[{coord}]"
+            if x is not None:
+                xi = layout.index(x, "SweepResult.plot")
+            else:
+                xi = self._default_x(c)
+            xs = self.grid_flat[:, xi]
+            xlabel = _theta(names[xi])
         pos_only = {"std", "se", "abs_bias"}
         if logx is None:
             logx = hyper and self.hyper_name in ("step", "temperature", "num_samples")
         if logy is None:
             logy = set(stats) <= pos_only
         prefix = f"{label}: " if label else ""
+        two_d = hyper and self.grid_flat is not None
         for s in stats:
-            y = self._stat(s)
-            y = y.reshape(*y.shape[: len(coord_ix)], -1)[(*coord_ix, coord)]
-            style = {"ls": "--", "color": "k"} if s == "exact" else {"marker": "o", "ms": 3}
-            if y.ndim == 2:  # hyper x params grid: one line per parameter value
-                grid = np.asarray(self.params_grid).reshape(y.shape[1], -1)[:, coord]
-                for j in range(y.shape[1]):
-                    ax.plot(x, y[:, j], label=f"{prefix}{s} (θ={_fmt(grid[j], 3)})", **style)
+            y, err = self._stat(s, c)
+            if s == "exact":
+                style: dict[str, Any] = {"ls": "--", "color": "k"}
             else:
-                ax.plot(x, y, label=f"{prefix}{s}", **style)
+                style = {"marker": "o", "ms": 3, "capsize": 3}
+            if two_d:  # hyper x params grid: one line per parameter value
+                xg = self._default_x(c) if x is None else layout.index(x, "SweepResult.plot")
+                for j in range(y.shape[1]):
+                    at = f"{_theta(names[xg])}={_fmt(self.grid_flat[j, xg], 3)}"
+                    e = None if err is None else err[:, j]
+                    lab = f"{prefix}{s} ({at})"
+                    if s == "exact":
+                        ax.plot(xs, y[:, j], label=lab, **style)
+                    else:
+                        ax.errorbar(xs, y[:, j], yerr=e, label=lab, **style)
+            elif s == "exact":
+                ax.plot(xs, y, label=f"{prefix}{s}", **style)
+            else:
+                ax.errorbar(xs, y, yerr=err, label=f"{prefix}{s} ± SE", **style)
+        if n_sweep and "se" in stats and not two_d:
+            ref = self.std_flat[-1, c] / np.sqrt(xs)
+            ax.plot(xs, ref, ls=":", color="0.4", label=f"{prefix}std(N={xs[-1]:g}) / √N")
         if logx:
             ax.set_xscale("log")
         if logy:
             ax.set_yscale("log")
         ax.set_xlabel(xlabel)
-        ax.set_ylabel(", ".join(stats) + " of the gradient estimate")
+        which = f"∂E[f]/∂{_theta(names[c])}"
+        ax.set_ylabel(f"{', '.join(stats)} of the estimate of {which}")
         name = getattr(self.estimator, "name", type(self.estimator).__name__)
-        ax.set_title(f"{name}: N = {_fmt(np.max(self.num_samples))} samples per point")
+        what = ", ".join("|bias|" if s == "abs_bias" else s for s in stats)
+        if n_sweep:
+            ns = np.asarray(self.num_samples)
+            size = f"one run of N samples per point, N = {ns.min()}…{ns.max()}"
+        else:
+            size = f"N = {self.num_samples} samples per point"
+        ax.set_title(
+            f"{name}: {what} of {which} vs {xlabel}\n{size}; error bars ±1 SE", fontsize=10
+        )
         ax.legend(fontsize=8)
         ax.grid(True, which="both", alpha=0.3)
         return fig
+
+
+def _as_grid(params_grid: Any) -> Any:
+    """The parameter grid as a pytree of float arrays sharing a non-empty leading axis."""
+    leaves = jax.tree_util.tree_leaves(params_grid)
+    if not leaves:
+        raise ValueError("sweep: `params_grid` has no array leaves")
+    if isinstance(params_grid, list | tuple) and all(np.ndim(leaf) == 0 for leaf in leaves):
+        # a (nested) list or tuple of numbers is one array, not a pytree of scalars
+        params_grid = np.asarray(params_grid)
+
+    def numbers(x: Any) -> bool:  # inside the tree, a list of numbers is one array leaf
+        return isinstance(x, list) and all(np.ndim(v) == 0 for v in jax.tree_util.tree_leaves(x))
+
+    def leaf(path: Any, a: Any) -> jax.Array:
+        a = jnp.asarray(a)
+        if not jnp.issubdtype(a.dtype, jnp.floating):
+            a = a.astype(jnp.result_type(float))
+        if a.ndim == 0:
+            raise ValueError(
+                f"sweep: `params_grid` leaf {jax.tree_util.keystr(path) or '(root)'} is a "
+                "scalar; every leaf needs a leading grid axis"
+            )
+        return a
+
+    grid = jax.tree_util.tree_map_with_path(leaf, params_grid, is_leaf=numbers)
+    with_path = jax.tree_util.tree_flatten_with_path(grid)[0]
+    lengths = {jax.tree_util.keystr(p) or "(root)": a.shape[0] for p, a in with_path}
+    if len(set(lengths.values())) != 1:
+        raise ValueError(
+            "sweep: every `params_grid` leaf needs the same leading length (the number of "
+            f"grid points); got {lengths}"
+        )
+    if next(iter(lengths.values())) == 0:
+        raise ValueError("sweep: `params_grid` needs a non-empty leading grid axis")
+    return grid
 
 
 def sweep(
@@ -728,26 +1320,36 @@ def sweep(
     num_samples=num_samples)(key, params_i)``.
 
     Args:
-      fun: the program ``fun(key, params)``.
-      params_grid: array whose leading axis is the grid of parameter values (scalar or
-        array parameters).
+      fun: the program ``fun(key, params)``; ``params`` may be any pytree (dicts,
+        tuples, nested containers of arrays).
+      params_grid: the grid of parameter values: a pytree shaped like ``params`` whose
+        every leaf has one extra leading axis of the same length ``G`` (grid point ``i``
+        is ``tree_map(lambda a: a[i], params_grid)``), e.g. ``{"a": a_values, "b":
+        b_values}``; or an array whose leading axis is the grid for scalar or array
+        parameters. A (nested) list of numbers counts as one array, at the top or as a
+        leaf (``{"a": [0.5, 1.0]}``); use tuples and dicts as containers. Integer leaves
+        are converted to floats.
       estimator: the estimator (the base for a hyper-parameter sweep).
       key: PRNG key.
       num_samples: per-sample estimates per grid point (``>= 2``).
-      params: the parameter value for a sweep over ``hyper`` only.
+      params: the parameter value (any pytree) for a sweep over ``hyper`` only.
       hyper: ``(name, values)`` for a numeric field of the estimator, e.g.
         ``("temperature", [...])`` for :func:`jaxestim.gumbel_softmax` or
         ``("step", [...])`` for :func:`jaxestim.finite_difference`; the estimator of
         each grid point is ``dataclasses.replace(estimator, name=value)`` built inside
         the vmapped function. ``("num_samples", [...])`` is also accepted: sample sizes
         change shapes, so that axis is a Python loop with one compilation per value.
-      exact_fn: ``exact_fn(params) -> exact gradient`` (any NumPy/float function, called
-        outside JAX once per parameter value); enables ``bias``.
+      exact_fn: ``exact_fn(params) -> exact gradient`` (a scalar, broadcast to every
+        coordinate, or a pytree shaped like ``params``), called outside JAX once per grid
+        point with NumPy float64 leaves holding the grid point's (float-converted)
+        values, or with ``params`` itself for a sweep over ``hyper`` only; enables
+        ``bias``.
       argnums: must be 1 (``fun(key, params)``).
       chunk_size: passed to ``grad_samples``.
 
     Returns:
-      A :class:`SweepResult` of NumPy arrays.
+      A :class:`SweepResult` of NumPy arrays; its statistics are named by coordinate
+      (``coord_names``) and available flat or shaped like ``params``.
     """
     if argnums != 1:
         raise ValueError("sweep: only argnums=1 (fun(key, params)) is supported")
@@ -760,11 +1362,11 @@ def sweep(
     if params_grid is None and params is None:
         raise ValueError("sweep: a sweep over `hyper` only needs `params`")
     if params_grid is not None:
-        params_grid = jnp.asarray(params_grid)
-        if params_grid.ndim == 0 or params_grid.shape[0] == 0:
-            raise ValueError("sweep: `params_grid` needs a non-empty leading grid axis")
-        if not jnp.issubdtype(params_grid.dtype, jnp.floating):
-            params_grid = params_grid.astype(jnp.result_type(float))
+        params_grid = _as_grid(params_grid)
+        point = jax.tree_util.tree_map(lambda a: a[0], params_grid)
+    else:
+        point = params
+    layout = _Layout(point)
     hyper_name = hyper_values = None
     if hyper is not None:
         if not (isinstance(hyper, tuple | list) and len(hyper) == 2):
@@ -779,12 +1381,15 @@ def sweep(
                 f"{sorted(fields)}"
             )
 
-    def stats_at(est: Estimator, p: Any, n: int) -> tuple[jax.Array, jax.Array]:
+    def stats_at(est: Estimator, p: Any, n: int) -> tuple[Any, Any, Any]:
         g = grad_samples(fun, est, num_samples=n, chunk_size=chunk_size)(key, p)
-        return jnp.mean(g, axis=0), jnp.std(g, axis=0, ddof=1)
+        mean = jax.tree_util.tree_map(lambda a: jnp.mean(a, axis=0), g)
+        std = jax.tree_util.tree_map(lambda a: jnp.std(a, axis=0, ddof=1), g)
+        m4 = jax.tree_util.tree_map(lambda a, m: jnp.mean((a - m) ** 4, axis=0), g, mean)
+        return mean, std, m4
 
-    def run(n: int) -> tuple[jax.Array, jax.Array]:
-        def at_params(est: Estimator) -> Callable[..., Any]:
+    def run(n: int) -> tuple[Any, Any, Any]:
+        def at_params(est: Estimator) -> Any:
             if params_grid is None:
                 return stats_at(est, params, n)
             return jax.vmap(lambda p: stats_at(est, p, n))(params_grid)
@@ -798,43 +1403,58 @@ def sweep(
         values = jnp.asarray(hyper_values, dtype=jnp.result_type(float))
         return jax.jit(jax.vmap(one_hyper))(values)
 
+    lead = (0 if params_grid is None else 1) + (0 if hyper_name in (None, "num_samples") else 1)
+
+    def flat(outs: tuple[Any, Any, Any]) -> tuple[np.ndarray, ...]:
+        return tuple(layout.flatten(o, lead) for o in outs)
+
     if hyper_name == "num_samples":
         ns = [int(v) for v in hyper_values]
         if any(v < 2 for v in ns):
             raise ValueError("sweep: every swept `num_samples` must be >= 2")
-        outs = [run(v) for v in ns]
-        mean = np.stack([np.asarray(o[0], dtype=np.float64) for o in outs])
-        std = np.stack([np.asarray(o[1], dtype=np.float64) for o in outs])
-        n_arr = np.asarray(ns).reshape((-1,) + (1,) * (mean.ndim - 1))
-        se = std / np.sqrt(n_arr)
+        outs = [flat(run(v)) for v in ns]
+        mean, std, m4 = (np.stack([o[i] for o in outs]) for i in range(3))
+        n_arr = np.asarray(ns, dtype=np.float64).reshape((-1,) + (1,) * (mean.ndim - 1))
         num_out: Any = np.asarray(ns)
     else:
-        m, s = run(num_samples)
-        mean, std = np.asarray(m, dtype=np.float64), np.asarray(s, dtype=np.float64)
-        se = std / math.sqrt(num_samples)
+        mean, std, m4 = flat(run(num_samples))
+        n_arr = np.float64(num_samples)
         num_out = num_samples
+    se = std / np.sqrt(n_arr)
+    # SE of the sample std by the delta method: Var(s^2) ~ (m4 - s^4 (N-3)/(N-1)) / N
+    var_s2 = np.maximum(m4 - std**4 * (n_arr - 3) / (n_arr - 1), 0.0) / n_arr
+    std_se = np.where(std > 0, np.sqrt(var_s2) / (2 * np.where(std > 0, std, 1.0)), 0.0)
+
+    grid_np = grid_flat = None
+    if params_grid is not None:
+        grid_np = jax.tree_util.tree_map(np.asarray, params_grid)
+        grid_flat = layout.flatten(grid_np, 1)
     exact = bias = None
     if exact_fn is not None:
         if params_grid is None:
-            ex = np.asarray(exact_fn(params), dtype=np.float64)
+            ex = _flatten_exact(exact_fn(params), layout.size, "sweep")
         else:
-            ex = np.stack(
-                [
-                    np.asarray(exact_fn(params_grid[i]), dtype=np.float64)
-                    for i in range(params_grid.shape[0])
-                ]
-            )
-        exact = np.broadcast_to(ex, mean.shape[mean.ndim - ex.ndim :]).copy()
+            points = [
+                jax.tree_util.tree_map(lambda a, i=i: np.asarray(a[i], np.float64), grid_np)
+                for i in range(grid_flat.shape[0])
+            ]
+            ex = np.stack([_flatten_exact(exact_fn(p), layout.size, "sweep") for p in points])
+        exact = np.broadcast_to(ex, mean.shape).copy()
         bias = mean - exact
     return SweepResult(
         estimator=estimator,
         num_samples=num_out,
-        params_grid=None if params_grid is None else np.asarray(params_grid),
+        params_grid=grid_np,
+        params=None if params_grid is not None else params,
         hyper_name=hyper_name,
         hyper_values=hyper_values,
-        mean=mean,
-        std=std,
-        se=se,
-        exact=exact,
-        bias=bias,
+        coord_names=tuple(layout.names),
+        grid_flat=grid_flat,
+        mean_flat=mean,
+        std_flat=std,
+        se_flat=se,
+        std_se_flat=std_se,
+        exact_flat=exact,
+        bias_flat=bias,
+        layout=layout,
     )

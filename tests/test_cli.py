@@ -19,8 +19,14 @@ def test_demo_writes_tables_and_plots(tmp_path, capsys):
     assert "bernoulli" in out.out and "µs/sample" in out.out and "stochastic_ad" in out.out
     assert "score_function (LOO)" in out.out and "gumbel" not in out.out
     assert "estimator" in out.err  # progress lines go to stderr
+    # the recommendation: straight-through is exact per sample here (f is linear in the
+    # samples: every estimate is 7, SE = 0), so it qualifies against the exact value 7,
+    # with the caveat that it is biased in general
+    assert "recommended: straight_through" in out.out
+    assert "straight_through is biased unless f is linear" in out.out
     md = (tmp_path / "results.md").read_text(encoding="utf-8")
     assert "## bernoulli" in md and "| estimator | mean |" in md
+    assert "**Recommended: straight_through**" in md and "within 5 SE" in md
     assert "bernoulli.png" in md
     png = tmp_path / "bernoulli.png"
     assert png.exists() and png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

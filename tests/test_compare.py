@@ -1,16 +1,28 @@
 """Tests of the research workflow: je.compare, je.sweep and the program gallery."""
 
+import dataclasses
 import json
+from types import SimpleNamespace
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from _stats import assert_unbiased
+from matplotlib.container import ErrorbarContainer
 from matplotlib.figure import Figure
 
 import jaxestim as je
 from jaxestim import distributions as D
-from jaxestim._compare import ComparisonReport, SweepResult, compare, sweep
+from jaxestim._compare import (
+    UNBIASEDNESS,
+    ComparisonReport,
+    Recommendation,
+    SweepResult,
+    compare,
+    documented_unbiased,
+    sweep,
+)
 from jaxestim._gallery import GALLERY, categorical_exact, random_walk_exact
 
 KEY = jax.random.key(0)
@@ -27,8 +39,21 @@ def gauss_theta(key, theta):  # gradient 8 theta + 3 theta^2
 
 
 def gauss_tree(key, params):  # E = a^2 + sum(b); gradient {a: 2a, b: ones}
-    z = je.sample(key, D.Normal(params["a"], 1.0))
-    return z**2 - 1.0 + jnp.sum(params["b"] * (1.0 + je.sample(key, D.Normal(0.0, 1.0))))
+    # pathwise per-sample gradient: {a: 2 z = 2a + 2 eps (std 2), b: 1 + eps' (std 1)}
+    k1, k2 = jax.random.split(key)
+    z = je.sample(k1, D.Normal(params["a"], 1.0))
+    return z**2 - 1.0 + jnp.sum(params["b"] * (1.0 + je.sample(k2, D.Normal(0.0, 1.0))))
+
+
+def bern_square(key, theta):
+    """(x + theta)^2, x ~ Bernoulli(theta): E = theta + 3 theta^2, gradient 1 + 6 theta.
+
+    Straight-through differentiates (x + theta)^2 as if dx/dtheta = 1: per sample
+    4 (x + theta), whose mean is 8 theta (0.8 at theta = 0.1, exact 1.6) and whose std is
+    4 sqrt(theta (1 - theta)) (1.2): biased, by 13 SE at N = 400.
+    """
+    x = je.sample(key, D.Bernoulli(probs=theta))
+    return (x + theta) ** 2
 
 
 ESTS = {
@@ -114,16 +139,44 @@ def test_report_to_dict_is_json(report):
     np.testing.assert_allclose(sf["se"][0], report["sf"].se_flat[0])
 
 
+def _hist_axes(fig):
+    return [ax for ax in fig.axes if ax.patches and "density" in ax.get_ylabel()]
+
+
 def test_report_plot(report):
     fig = report.plot()
     assert isinstance(fig, Figure)
-    assert len(fig.axes) == len(ESTS)
+    # one panel per estimator plus the work-normalized variance panel
+    assert len(fig.axes) == len(ESTS) + 1
     ax = fig.axes[0]
     assert "SE" in ax.get_title() and "sf" in ax.get_title()
     assert ax.get_xlabel() and ax.get_ylabel()
     labels = ax.get_legend_handles_labels()[1]
     assert any(label.startswith("exact") for label in labels)
-    assert any(label.startswith("mean") for label in labels)
+    assert any(label.startswith("mean ± SE") for label in labels)
+    assert f"N = {N}" in fig.get_suptitle()
+    # histogram panels share the x axis, the density axis and the bins
+    hists = _hist_axes(fig)
+    assert [a.get_title().split("\n")[0] for a in hists] == ["sf", "sad"]
+    h0, h1 = hists
+    assert h0.get_shared_x_axes().joined(h0, h1) and h0.get_shared_y_axes().joined(h0, h1)
+    np.testing.assert_array_equal(h0.patches[0].get_data().edges, h1.patches[0].get_data().edges)
+    # the mean carries a ±1 SE error bar, as wide as the estimator's SE
+    for a, name in zip(hists, ["sf", "sad"], strict=True):
+        (bar,) = [c for c in a.containers if isinstance(c, ErrorbarContainer)]
+        (segment,) = bar.lines[2][0].get_segments()
+        np.testing.assert_allclose(np.ptp(segment[:, 0]), 2 * report[name].se_flat[0], rtol=1e-6)
+    # the not-applicable panel is not shared (its blank ticks would hide the others')
+    na = next(a for a in fig.axes if "not applicable" in a.get_title())
+    assert not h0.get_shared_x_axes().joined(h0, na)
+    # the work-normalized variance panel: one bar per applicable estimator, the values
+    work = fig.axes[-1]
+    assert "work-normalized variance" in work.get_xlabel()
+    widths = [p.get_width() for p in work.patches]
+    expected = [report[k].work_normalized_variance for k in ("sf", "sad")]
+    np.testing.assert_allclose(widths, expected, rtol=1e-12)
+    assert f"recommended: {report.best()}" in work.get_title()
+    assert len(report.plot(work=False).axes) == len(ESTS)
 
 
 def test_compare_pytree_params_and_zero_variance():
@@ -145,17 +198,112 @@ def test_compare_pytree_params_and_zero_variance():
     np.testing.assert_allclose(r.mean["b"], np.mean(np.asarray(g["b"]), 0), rtol=1e-5)
     np.testing.assert_allclose(r.std_rms, np.sqrt(np.mean(r.std_flat**2)))
     assert "RMS std" in rep.table(coord=1) and "coordinate 1" in rep.table(coord=1)
-    assert len(rep.plot(coord=2).axes) == 2
+    assert rep.coord_names == ("['a']", "['b'][0]", "['b'][1]")
+    assert "θ['b'][0]" in rep.table(coord="['b'][0]")
+    fig = rep.plot(coord="['b'][1]")
+    assert len(fig.axes) == 3 and "∂θ['b'][1]" in fig.axes[0].get_xlabel()
+    assert rep.to_dict()["coord_names"] == list(rep.coord_names)
     with pytest.raises(IndexError):
         rep.table(coord=3)
+    with pytest.raises(IndexError):
+        rep.table(coord="['c']")
     # a deterministic estimate: SE = 0 gives z = 0 (no bias) or +-inf, JSON-safe
     rep2 = compare(
         lambda k, t: 2.0 * t, 1.0, {"pw": je.pathwise()}, key=KEY, num_samples=4, exact=3.0
     )
     assert rep2["pw"].se_flat[0] == 0 and rep2["pw"].z_flat[0] == -np.inf
-    assert json.loads(json.dumps(rep2.to_dict(), allow_nan=False))["estimators"]["pw"]["z"] == [
-        None
-    ]
+    back = json.loads(json.dumps(rep2.to_dict(), allow_nan=False))
+    assert back["estimators"]["pw"]["z"] == [None]
+    assert back["recommendation"]["name"] is None
+
+
+# ----------------------------------------------------------------------------- best
+@pytest.fixture(scope="module")
+def bern_report():
+    ests = {
+        "st": je.straight_through(),
+        "sf": je.score_function("leave_one_out"),
+        "sad": je.stochastic_ad(),
+        "fd": je.finite_difference(step=0.01),
+    }
+    return compare(bern_square, 0.1, ests, key=KEY, num_samples=N, exact=1.6, repeats=1)
+
+
+def test_best_with_exact_excludes_biased_estimator(bern_report):
+    rep = bern_report
+    # the estimates against their closed forms (independent of jaxestim): straight-through
+    # converges to 8 theta = 0.8, the unbiased estimators to 1 + 6 theta = 1.6
+    assert_unbiased(rep["st"].samples, 0.8, se_max=0.08)
+    assert_unbiased(rep["sf"].samples, 1.6, se_max=0.3)
+    assert_unbiased(rep["sad"].samples, 1.6, se_max=0.05)
+    rec = rep.recommend()
+    assert isinstance(rec, Recommendation)
+    assert "st" in rec.excluded and "st" not in rec.ranking
+    assert "SE from the exact value" in rec.excluded["st"] and "-0.8" in rec.excluded["st"]
+    assert {"sf", "sad"} <= set(rec.ranking)
+    # ranked by work-normalized variance; best() is the first of the ranking
+    wnv = [rep[k].work_normalized_variance for k in rec.ranking]
+    assert wnv == sorted(wnv)
+    assert rep.best() == rec.name == rec.ranking[0]
+    assert "recommended: " + rec.name in str(rec) and "st excluded: bias" in str(rec)
+    # finite differences are biased in general: if they qualify the reason says so
+    if "fd" in rec.included:
+        assert "undetectable" in rec.included["fd"]
+    # straight-through qualifies only with a very loose threshold
+    assert "st" in rep.recommend(z_threshold=20).ranking
+    with pytest.raises(ValueError, match="z_threshold"):
+        rep.recommend(z_threshold=-1)
+
+
+def test_best_without_exact_ranks_documented_unbiased_only(bern_report):
+    rep = dataclasses.replace(bern_report, exact_flat=None)
+    rep.results = dict(rep.results)
+    rep.results["mystery"] = dataclasses.replace(
+        rep["sad"], name="mystery", estimator=SimpleNamespace(name="mystery")
+    )
+    rec = rep.recommend()
+    assert set(rec.ranking) == {"sf", "sad"}
+    assert "straight_through is biased" in rec.excluded["st"]
+    assert "O(h²)" in rec.excluded["fd"]
+    assert "not known to be unbiased" in rec.excluded["mystery"]
+    assert "documented unbiased" in rec.criterion
+    assert rep.best() in ("sf", "sad")
+    # the mapping itself
+    for name in ("pathwise", "score_function", "auto", "stochastic_ad"):
+        assert UNBIASEDNESS[name][0]
+    for name in ("finite_difference", "gumbel_softmax", "straight_through"):
+        assert not UNBIASEDNESS[name][0]
+    assert documented_unbiased(je.score_function(3.0))[0]
+    assert documented_unbiased(je.auto())[0]
+    assert not documented_unbiased(je.gumbel_softmax(0.1, hard=True))[0]
+    assert not documented_unbiased(object())[0]
+
+
+def test_best_no_qualifier_and_zero_variance():
+    # f = 2 theta: the pathwise estimate is exactly 2 in every sample (SE = 0)
+    rep = compare(lambda k, t: 2.0 * t, 1.0, {"pw": je.pathwise()}, key=KEY, num_samples=4,
+                  exact=3.0, repeats=1)  # fmt: skip
+    rec = rep.recommend()
+    assert rec.name is None and rec.ranking == ()
+    assert "zero-variance" in rec.excluded["pw"] and "float tolerance" in rec.excluded["pw"]
+    assert str(rec).startswith("no estimator qualifies")
+    with pytest.raises(ValueError, match="no estimator qualifies"):
+        rep.best()
+    # a zero-SE estimate qualifies when it equals the exact value to float tolerance only
+    for exact, ok in [(2.0, True), (2.0 + 1e-6, True), (2.001, False)]:
+        r = dataclasses.replace(rep, exact_flat=np.asarray([exact]))
+        assert (r.recommend().name == "pw") is ok, exact
+    assert "zero variance" in dataclasses.replace(rep, exact_flat=np.asarray([2.0])).recommend(
+    ).included["pw"]  # fmt: skip
+    # a non-finite mean never qualifies (nan used to pass as z = 0)
+    bad = dataclasses.replace(rep, exact_flat=np.asarray([2.0]))
+    bad.results = {"pw": dataclasses.replace(rep["pw"], mean_flat=np.asarray([np.nan]))}
+    assert "non-finite" in bad.recommend().excluded["pw"]
+    # not-applicable estimators are excluded with their message
+    rep3 = compare(two_bern, 0.1, {"pw": je.pathwise(), "st": je.straight_through()}, key=KEY,
+                   num_samples=4, exact=7.0, repeats=1)  # fmt: skip
+    rec3 = rep3.recommend()
+    assert rec3.excluded["pw"].startswith("not applicable") and rec3.name == "st"
 
 
 # ----------------------------------------------------------------------------- sweep
@@ -203,7 +351,10 @@ def test_sweep_temperature_matches_gumbel_loop():
     fig = res.plot()
     ax = fig.axes[0]
     assert ax.get_xscale() == "log" and ax.get_xlabel() == "temperature"
-    assert {line.get_label() for line in ax.get_lines()} == {"abs_bias", "std"}
+    assert ax.get_legend_handles_labels()[1] == ["abs_bias ± SE", "std ± SE"]
+    bars = [c for c in ax.containers if isinstance(c, ErrorbarContainer)]
+    assert len(bars) == 2 and all(c.has_yerr for c in bars)
+    assert "N = 300 samples per point" in ax.get_title()
 
 
 def test_sweep_both_axes_and_num_samples_loop():
@@ -229,9 +380,85 @@ def test_sweep_both_axes_and_num_samples_loop():
     np.testing.assert_allclose(res_n.mean[1], g, rtol=1e-5)
     np.testing.assert_allclose(res_n.se, res_n.std / np.sqrt([8, 32]))
     json.dumps(res_n.to_dict(), allow_nan=False)
+    # the num_samples sweep plots the standard error of the mean against N, with bars,
+    # and its title says so (not "N = 32 samples per point")
+    ax = res_n.plot().axes[0]
+    assert ax.get_xscale() == "log" and ax.get_yscale() == "log"
+    assert ax.get_xlabel().startswith("N")
+    title = ax.get_title()
+    assert "se of ∂E[f]/∂θ vs N" in title and "N = 8…32" in title
+    assert "samples per point, N = 8" in title and "N = 32 samples" not in title
+    (bar,) = [c for c in ax.containers if isinstance(c, ErrorbarContainer)]
+    np.testing.assert_allclose(bar.lines[0].get_ydata(), res_n.se)
+    np.testing.assert_allclose(bar.lines[0].get_xdata(), [8, 32])
     with pytest.raises(ValueError, match="no field"):
         sweep(gauss_theta, estimator=je.pathwise(), key=KEY, num_samples=4, params=1.0,
               hyper=("temperature", [1.0]))  # fmt: skip
+
+
+def test_sweep_dict_params_and_dict_grid():
+    # gauss_tree: pathwise per-sample gradient {a: 2a + 2 eps (std 2), b: 1 + eps' (std 1)};
+    # exact gradient {a: 2a, b: (1, 1)} for every b
+    grid = {"a": [0.5, 1.0, 2.0], "b": jnp.asarray([[1.0, -2.0], [0.0, 0.0], [3.0, 1.0]])}
+    n = 400
+    res = sweep(gauss_tree, grid, estimator=je.pathwise(), key=KEY, num_samples=n,
+                exact_fn=lambda p: {"a": 2.0 * p["a"], "b": np.ones(2)})  # fmt: skip
+    assert res.coord_names == ("['a']", "['b'][0]", "['b'][1]")
+    assert res.mean["a"].shape == (3,) and res.mean["b"].shape == (3, 2)
+    assert res.mean_flat.shape == (3, 3) and res.grid_flat.shape == (3, 3)
+    np.testing.assert_allclose(res.grid_flat[:, 0], [0.5, 1.0, 2.0])
+    np.testing.assert_allclose(res.exact["a"], [1.0, 2.0, 4.0])
+    np.testing.assert_allclose(res.exact["b"], np.ones((3, 2)))
+    # closed forms, with power: SE bounded by the known std / sqrt(N) (2/20, 1/20)
+    a_grid = np.asarray([0.5, 1.0, 2.0])
+    for i in range(3):
+        assert abs(res.mean["a"][i] - 2 * a_grid[i]) < 5 * res.se["a"][i]
+        assert np.all(np.abs(res.mean["b"][i] - 1.0) < 5 * res.se["b"][i])
+    assert np.all(res.se["a"] < 0.13) and np.all(res.se["b"] < 0.07)
+    # the std of the per-sample estimates is the closed-form 2 and 1 (within 5 SE of std)
+    assert np.all(np.abs(res.std_flat - [2.0, 1.0, 1.0]) < 5 * res.std_se_flat)
+    assert np.all(res.std_se_flat < 0.15)
+    # each grid point equals the per-point transform
+    p1 = {"a": jnp.asarray(1.0), "b": jnp.asarray([0.0, 0.0])}
+    g = jax.jit(je.grad(gauss_tree, je.pathwise(), num_samples=n))(KEY, p1)
+    np.testing.assert_allclose(res.mean["a"][1], g["a"], rtol=1e-5)
+    np.testing.assert_allclose(res.mean["b"][1], g["b"], rtol=1e-5, atol=1e-6)
+    d = json.loads(json.dumps(res.to_dict(), allow_nan=False))
+    assert set(d["mean"]) == {"['a']", "['b']"} and d["coord_names"] == list(res.coord_names)
+    # plots name the leaves; x defaults to the plotted coordinate when it varies
+    ax = res.plot(coord="['a']").axes[0]
+    assert ax.get_xlabel() == "θ['a']" and "∂θ['a']" in ax.get_title()
+    assert any(isinstance(c, ErrorbarContainer) for c in ax.containers)
+    ax = res.plot(coord="['b'][1]", x="['a']").axes[0]
+    assert ax.get_xlabel() == "θ['a']" and "∂θ['b'][1]" in ax.get_ylabel()
+    (bar,) = [c for c in ax.containers if isinstance(c, ErrorbarContainer)]
+    np.testing.assert_allclose(bar.lines[0].get_ydata(), res.mean["b"][:, 1])
+    with pytest.raises(ValueError, match="same leading length"):
+        sweep(gauss_tree, {"a": [1.0, 2.0], "b": jnp.ones((3, 2))}, estimator=je.pathwise(),
+              key=KEY, num_samples=4)  # fmt: skip
+    with pytest.raises(ValueError, match="scalar"):
+        sweep(gauss_tree, {"a": 1.0, "b": jnp.ones((3, 2))}, estimator=je.pathwise(),
+              key=KEY, num_samples=4)  # fmt: skip
+
+
+def test_sweep_tuple_params_over_a_hyper_parameter():
+    # (a, {"b": b}) with the same program: central differences with common random numbers
+    # are exactly the pathwise estimate here (E is quadratic in a and linear in b)
+    def prog(key, params):
+        a, rest = params
+        return gauss_tree(key, {"a": a, "b": rest["b"]})
+
+    params = (jnp.asarray(1.5), {"b": jnp.asarray([2.0, -1.0])})
+    res = sweep(prog, estimator=je.finite_difference(), key=KEY, num_samples=400,
+                params=params, hyper=("step", [0.1, 0.01]),
+                exact_fn=lambda p: (3.0, {"b": np.ones(2)}))  # fmt: skip
+    assert res.coord_names == ("[0]", "[1]['b'][0]", "[1]['b'][1]")
+    mean_a, mean_rest = res.mean
+    assert mean_a.shape == (2,) and mean_rest["b"].shape == (2, 2)
+    assert np.all(np.abs(res.bias_flat) < 5 * res.se_flat) and np.all(res.se_flat < 0.13)
+    np.testing.assert_allclose(res.exact_flat, [[3.0, 1.0, 1.0]] * 2)
+    ax = res.plot(coord="[1]['b'][0]").axes[0]
+    assert "∂θ[1]['b'][0]" in ax.get_title() and ax.get_xlabel() == "step"
 
 
 def test_fd_step_sweep_with_and_without_crn():
