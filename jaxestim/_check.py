@@ -60,6 +60,7 @@ from __future__ import annotations
 import dataclasses
 import linecache
 import os
+import textwrap
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -104,6 +105,7 @@ _PASS_THROUGH = frozenset(
 _PKG_DIR = os.path.dirname(os.path.abspath(__file__))
 _USER_FILES_IN_PKG = frozenset({"_gallery.py", "__main__.py"})
 _RANDOM_DIR = os.sep.join(("jax", "_src", "random"))
+_NN_DIR = os.sep.join(("jax", "_src", "nn"))
 
 _RANDOM_SUGGEST = {
     "bernoulli": "D.Bernoulli(probs=...)",
@@ -150,9 +152,10 @@ class Finding:
     def __str__(self) -> str:
         lines = [f"[{self.severity}] {self.source}: {self.kind} ({self.primitive})"]
         if self.code:
-            lines.append(f"    {self.code}")
-        lines.append(f"    {self.message}")
-        lines.append(f"    suggestion: {self.suggestion}")
+            lines.append(f"    > {self.code}")
+        wrap = dict(width=92, initial_indent="    ", subsequent_indent="    ")
+        lines.append(textwrap.fill(self.message, **wrap))
+        lines.append(textwrap.fill("suggestion: " + self.suggestion, **wrap))
         return "\n".join(lines)
 
 
@@ -210,6 +213,7 @@ class _Ctx:
     source: str = "<unknown>"
     code: str = ""
     random_fn: str | None = None  # the jax.random function the user called, if any
+    in_nn: bool = False  # inside a jax.nn function (continuous activations: no warnings)
     entry: str = ""  # the jaxestim function the user called (library contexts)
 
 
@@ -247,12 +251,17 @@ def _eqn_ctx(eqn: Any, parent: _Ctx) -> _Ctx:
     except Exception:  # pragma: no cover - defensive
         return parent
     u = next((i for i, c in enumerate(codes) if _jax_is_user_filename(c.co_filename)), None)
-    if u is None:
-        return parent
-    random_fn = None
-    for c in codes[:u]:  # the outermost jax.random frame below the first non-JAX frame
+    random_fn, in_nn = None, False
+    for c in codes[: len(codes) if u is None else u]:  # JAX frames inside the user's call
         if _is_jax_random(c.co_filename):
-            random_fn = c.co_name
+            random_fn = c.co_name  # the outermost one: the function the user called
+        in_nn = in_nn or _NN_DIR in os.path.normpath(c.co_filename)
+    if u is None:  # a (cut) traceback of JAX frames only: part of the enclosing call
+        if (random_fn is None or parent.random_fn is not None) and (in_nn <= parent.in_nn):
+            return parent
+        return dataclasses.replace(
+            parent, random_fn=parent.random_fn or random_fn, in_nn=parent.in_nn or in_nn
+        )
     entry, user = None, None
     for j in range(u, len(codes)):
         c = codes[j]
@@ -269,7 +278,7 @@ def _eqn_ctx(eqn: Any, parent: _Ctx) -> _Ctx:
     line = _line_of(c, lastis[user])
     source, code = _format_source(c.co_filename, line, c.co_qualname)
     if entry is None:
-        return _Ctx("user", source, code, random_fn)
+        return _Ctx("user", source, code, random_fn, in_nn)
     name = entry.co_qualname
     base = os.path.basename(entry.co_filename)
     if entry.co_name == "sample" and base == "_handlers.py":
@@ -443,7 +452,7 @@ class _Analysis:
             if _var(v):
                 if lv:
                     live.add(v)
-                if dl:
+                if dl and _is_float(v.aval):
                     dlive.add(v)
         pending: list[_Pending] = []
         for eqn in reversed(jaxpr.eqns):
@@ -458,7 +467,7 @@ class _Analysis:
                 if _var(v):
                     if a:
                         live.add(v)
-                    if b:
+                    if b and _is_float(v.aval):
                         dlive.add(v)
             if collect:
                 p = self._candidate(eqn, ins, ectx)
@@ -565,7 +574,7 @@ class _Analysis:
             kind = "integer_cast"
         else:
             kind = None
-        if kind is None:
+        if kind is None or (kind == "comparison" and _is_guard(eqn)):
             return None
         if ctx.where == "user" and ctx.random_fn is not None:
             kind = "jax_random"
@@ -576,6 +585,8 @@ class _Analysis:
         severity = "error"
         if p.kind in ("comparison", "rounding", "argmax", "integer_cast"):
             if any(_reaches(v, dlive, defs) for v in p.operands):
+                if p.ctx.in_nn:  # jax.nn's piecewise activations are continuous
+                    return
                 severity = "warning"
         key = (p.ctx.source, p.kind, p.ctx.random_fn or p.ctx.entry or "")
         old = self.findings.get(key)
@@ -591,6 +602,22 @@ class _Analysis:
             severity=severity,
             code=p.ctx.code,
         )
+
+
+def _is_guard(eqn: Any) -> bool:
+    """``x != x`` (isnan) or a comparison with an infinite or NaN constant (isinf)."""
+    a, b = eqn.invars
+    if a is b:
+        return True
+    for v in (a, b):
+        if isinstance(v, jcore.Literal):
+            try:
+                val = float(v.val)
+            except (TypeError, ValueError):
+                continue
+            if val != val or val in (float("inf"), float("-inf")):
+                return True
+    return False
 
 
 def _reaches(v: Any, dlive: set[Any], defs: dict[Any, Any]) -> bool:
