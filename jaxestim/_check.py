@@ -68,6 +68,7 @@ import jax
 import jax.numpy as jnp
 from jax.extend import core as jcore
 
+from jaxestim import _handlers
 from jaxestim._errors import EstimatorError
 from jaxestim._estimators import (
     Auto,
@@ -280,8 +281,7 @@ def _eqn_ctx(eqn: Any, parent: _Ctx) -> _Ctx:
     if entry is None:
         return _Ctx("user", source, code, random_fn, in_nn)
     name = entry.co_qualname
-    base = os.path.basename(entry.co_filename)
-    if entry.co_name == "sample" and base == "_handlers.py":
+    if entry.co_name == "sample" and entry.co_filename == _handlers.sample.__code__.co_filename:
         return _Ctx("site", source, code, entry=name)
     dist_dir = os.path.join(_PKG_DIR, "distributions")
     if entry.co_name == "sample" and os.path.abspath(entry.co_filename).startswith(dist_dir):
@@ -691,6 +691,7 @@ def _describe(p: _Pending, severity: str) -> tuple[str, str]:
             f"Converting {dep} to {jnp.dtype(dtype).name} drops its derivative (integer and "
             "boolean arrays carry none)."
         )
+    what += tail
     if p.site:
         what += (
             " The value comes from a je.sample site that the estimator differentiates "
@@ -716,7 +717,7 @@ def _describe(p: _Pending, severity: str) -> tuple[str, str]:
             "je.score_function() / je.stochastic_ad(); je.finite_difference() handles any "
             "program."
         )
-    return what + tail, suggestion
+    return what, suggestion
 
 
 # ----------------------------------------------------------------------------------------
