@@ -119,8 +119,14 @@ class ScoreFunction(Estimator):
     ``grad E_{x~p(.;theta)}[f(x, theta)] = E[(f(x, theta) - b) grad log p(x; theta)
     + grad_theta f(x, theta)]``: the sample is held fixed (stop-gradient) and the gradient
     flows through its log-probability; any direct dependence of ``f`` on ``theta`` is still
-    differentiated pathwise. Implemented as the surrogate
-    ``f + stop_grad(f - b) * (log p - stop_grad(log p))`` whose value equals ``f``.
+    differentiated pathwise. Implemented as the DiCE surrogate (Foerster et al., 2018)
+    ``box(L) f + sum_g (1 - box(log p_g)) b_g`` with ``box(x) = exp(x - stop_grad(x))``
+    (value exactly 1), ``L`` the summed log-probability of the sample's score-function sites
+    and ``b_g`` the stop-gradient baseline of each group: its value equals ``f``, its
+    gradient is ``sum_g (f - b_g) grad log p_g + grad f``, and its derivatives of *every*
+    order are unbiased, so ``jax.grad`` / ``jax.hessian`` of a ``je.grad`` (or of the value
+    of ``je.value_and_grad``) give unbiased higher derivatives of ``E[f]`` (proof in
+    ``jaxestim._transforms._Run.combine``).
     Unbiased for every distribution (discrete or not) and non-differentiable ``f``, but
     high variance that grows with the number of random variables; a baseline ``b``
     (see :mod:`jaxestim.baselines`) reduces it without adding bias. Cost: one forward and
@@ -232,6 +238,7 @@ class GumbelSoftmax(Estimator):
     def process_site(self, ctx, key, dist, sample_shape):
         if not dist.is_discrete:
             return Pathwise().process_site(ctx, key, dist, sample_shape)
+        ctx.shared["higher_order_ok"] = False  # relaxed gradients: no unbiased higher orders
         if not isinstance(dist, _RELAXABLE):
             raise _site_error(
                 "je.gumbel_softmax()",
@@ -274,6 +281,7 @@ class StraightThrough(Estimator):
     def process_site(self, ctx, key, dist, sample_shape):
         if not dist.is_discrete:
             return Pathwise().process_site(ctx, key, dist, sample_shape)
+        ctx.shared["higher_order_ok"] = False  # straight-through: no unbiased higher orders
         x = jax.lax.stop_gradient(_one_hot_site(dist, dist.sample(key, sample_shape)))
         mean = dist.probs if _is_index_categorical(dist) else dist.mean
         mean = jnp.broadcast_to(mean, x.shape).astype(x.dtype)

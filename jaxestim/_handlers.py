@@ -119,6 +119,7 @@ def sample(
             f"{type(dist).__name__}"
         )
     shape = _canonical_sample_shape(sample_shape)
+    __import__("jaxestim._validation", fromlist=("_",)).check_site(dist)  # validate=True
     if estimator is not None:
         from jaxestim._estimators import Estimator
 

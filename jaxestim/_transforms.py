@@ -22,8 +22,10 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.experimental import checkify, io_callback
 from jax.flatten_util import ravel_pytree
 
+from jaxestim import _validation
 from jaxestim._errors import EstimatorError
 from jaxestim._estimators import Auto, Estimator, ScoreFunction, SurrogateHandler
 from jaxestim._util import check_key, tree_add, tree_scale
@@ -75,7 +77,8 @@ def _scan_chunks(fn: Callable, keys: jax.Array, chunk_size: int | None) -> tuple
         return fn(keys)
     n, r = divmod(n_total, chunk_size)
     main = keys[: n * chunk_size].reshape((n, chunk_size, *keys.shape[1:]))
-    acc_shape, _ = jax.eval_shape(fn, main[0])
+    with _validation.validating(False):  # a shape probe: no checks to functionalize
+        acc_shape, _ = jax.eval_shape(fn, main[0])
     acc0 = jax.tree_util.tree_map(lambda s: jnp.zeros(s.shape, s.dtype), acc_shape)
 
     def body(acc: Any, kc: jax.Array) -> tuple[Any, Any]:
@@ -91,6 +94,51 @@ def _scan_chunks(fn: Callable, keys: jax.Array, chunk_size: int | None) -> tuple
     return acc, per
 
 
+def magic_box(x: jax.Array) -> jax.Array:
+    r"""The DiCE "magic box" (Foerster et al., 2018): ``exp(x - stop_gradient(x))``.
+
+    Its value is exactly 1 and ``grad box(L) = box(L) grad L``, so every derivative of
+    ``box(log p) * f`` reproduces the score-function terms of that order.
+    """
+    return jnp.exp(x - jax.lax.stop_gradient(x))
+
+
+def _is_inexact(x: Any) -> bool:
+    """A differentiable leaf: a Python float/complex or a floating/complex array."""
+    if isinstance(x, bool):
+        return False
+    if isinstance(x, float | complex):
+        return True
+    return _is_array(x) and jnp.issubdtype(x.dtype, jnp.inexact)
+
+
+@functools.partial(jax.custom_jvp, nondiff_argnums=(0,))
+def _no_higher_order(msg: str, out: Any, inputs: Any) -> Any:
+    """Identity on ``out``; differentiating it (w.r.t. ``out`` or ``inputs``) raises."""
+    return out
+
+
+@_no_higher_order.defjvp
+def _no_higher_order_jvp(msg, primals, tangents):
+    raise EstimatorError(msg)
+
+
+def _nan_where_value_nan(value: jax.Array, grads: Any) -> Any:
+    """``grads`` with every entry NaN where ``value`` (scalar, or per sample on axis 0) is NaN."""
+    bad = jnp.isnan(value)
+
+    def mask(g: jax.Array) -> jax.Array:
+        b = jnp.reshape(bad, bad.shape + (1,) * (g.ndim - bad.ndim))
+        return jnp.where(b, jnp.asarray(jnp.nan, g.dtype), g)
+
+    return jax.tree_util.tree_map(mask, grads)
+
+
+def _throw_callback(err: Any) -> np.ndarray:
+    err.throw()
+    return np.asarray(True)
+
+
 class _Transformed:
     """The callable returned by :func:`grad`, :func:`value_and_grad`, :func:`grad_samples`."""
 
@@ -103,6 +151,7 @@ class _Transformed:
         chunk_size: int | None,
         has_aux: bool,
         kind: str,
+        validate: bool = False,
     ):
         where = f"je.{kind}"
         if not callable(fun):
@@ -134,6 +183,8 @@ class _Transformed:
             )
         if len(set(nums)) != len(nums):
             raise ValueError(f"{where}: `argnums` has repeated entries: {argnums!r}")
+        if not isinstance(validate, bool):
+            raise TypeError(f"{where}: `validate` must be a bool, got {validate!r}")
         estimator.check(num_samples)
         self.fun = fun
         self.estimator = estimator
@@ -144,7 +195,10 @@ class _Transformed:
         self.has_aux = has_aux
         self.kind = kind
         self.where = where
+        self.validate = validate
         self._jitted = jax.jit(self._run, static_argnums=4)
+        self._checked = checkify.checkify(self._run)
+        self._checked_jitted = jax.jit(self._checked, static_argnums=4)
         functools.update_wrapper(self, fun)
 
     # ----------------------------------------------------------------------------------
@@ -166,51 +220,122 @@ class _Transformed:
                 f"{self.where}: `argnums`={self.argnums!r} but fun was called with "
                 f"{len(args)} argument(s) after the key"
             )
-        diff = tuple(args[i - 1] for i in self._nums)
-        for i, d in zip(self._nums, diff, strict=True):
-            for leaf in jax.tree_util.tree_leaves(d):
-                if not jnp.issubdtype(jnp.result_type(leaf), jnp.inexact):
+        # Partition the leaves of (args, estimator) as equinox's filter_grad/filter_jit do:
+        # "d" floating leaves of a differentiated argument (differentiated, traced),
+        # "a" every other array (traced, not differentiated), "s" the rest (static: part of
+        # the compilation key, so eager calls run compiled code).
+        leaves, treedef = jax.tree_util.tree_flatten((tuple(args), est))
+        kinds: list[str] = []
+        out_spec = []
+        for i, a in enumerate(args, 1):
+            sub = jax.tree_util.tree_leaves(a)
+            if i in self._nums:
+                mask = tuple(_is_inexact(x) for x in sub)
+                if sub and not any(mask):
                     raise TypeError(
-                        f"{self.where}: differentiated argument {i} must contain only floating "
-                        f"arrays, got a leaf of dtype {jnp.result_type(leaf)}"
+                        f"{self.where}: differentiated argument {i} has no floating leaf to "
+                        f"differentiate (its leaves: "
+                        f"{', '.join(sorted({_leaf_kind(x) for x in sub}))}); pass floating "
+                        f"arrays, e.g. 1.0 rather than 1"
                     )
-        # Compile the estimator once per (static configuration, shapes): array arguments
-        # are traced, every other leaf of the non-differentiated arguments is static (as in
-        # equinox's filter_jit), so eager calls run compiled code.
-        others = tuple(None if i in self._nums else a for i, a in enumerate(args, 1))
-        leaves, treedef = jax.tree_util.tree_flatten((others, est))
-        dynamic = tuple(_is_array(x) for x in leaves)
-        dyn = [x for x, d in zip(leaves, dynamic, strict=True) if d]
+                kinds.extend(
+                    "d" if m else ("a" if _is_array(x) else "s")
+                    for x, m in zip(sub, mask, strict=True)
+                )
+            else:
+                kinds.extend("a" if _is_array(x) else "s" for x in sub)
+        kinds.extend("a" if _is_array(x) else "s" for x in leaves[len(kinds) :])
+        for i in self._nums:
+            sub, sub_def = jax.tree_util.tree_flatten(args[i - 1])
+            out_spec.append((sub_def, tuple(_is_inexact(x) for x in sub)))
+        diff_flat = [x for x, k in zip(leaves, kinds, strict=True) if k == "d"]
+        diff, pos = [], 0
+        for _, mask in out_spec:
+            n = sum(mask)
+            diff.append(tuple(diff_flat[pos : pos + n]))
+            pos += n
+        diff = tuple(diff)
+        dyn = [x for x, k in zip(leaves, kinds, strict=True) if k == "a"]
         static = (
             treedef,
-            dynamic,
-            tuple(None if d else x for x, d in zip(leaves, dynamic, strict=True)),
+            tuple(kinds),
+            tuple(x if k == "s" else None for x, k in zip(leaves, kinds, strict=True)),
+            tuple(out_spec),
         )
         try:
             hash(static)
-            run = self._jitted
+            cached = True
         except TypeError:  # unhashable static leaves: trace without the compilation cache
-            run = self._run
+            cached = False
         try:
-            return run(key, diff, dyn, estimator_state, static)
+            if not self.validate:
+                run = self._jitted if cached else self._run
+                return run(key, diff, dyn, estimator_state, static)
+            return self._call_checked(cached, key, diff, dyn, estimator_state, static)
         except jax.errors.UnexpectedTracerError as e:
             raise EstimatorError(_LEAK_HINT) from e
 
+    def _call_checked(self, cached, key, diff, dyn, state, static):
+        """``validate=True``: run under checkify and throw the first failed site check.
+
+        Eagerly the error is thrown here (``checkify.JaxRuntimeError``, a ``ValueError``).
+        Under an enclosing trace (the user's ``jax.jit``, ``jax.vmap``, ``jax.grad``) it
+        cannot be thrown at trace time: an ``io_callback`` throws it when the compiled
+        code runs (the caller sees ``jax.errors.JaxRuntimeError`` whose message contains
+        the check's), and the outputs depend on the callback's result (NaN if it did not
+        pass), so a failed validation is never silently used.
+        """
+        traced = any(
+            isinstance(x, jax.core.Tracer)
+            for x in jax.tree_util.tree_leaves((key, diff, dyn, state))
+        )
+        checked = self._checked_jitted if cached else self._checked
+        err, out = checked(key, diff, dyn, state, static)
+        if not traced:
+            err.throw()
+            return out
+        err = jax.tree_util.tree_map(jax.lax.stop_gradient, err)
+        ok = io_callback(_throw_callback, jax.ShapeDtypeStruct((), jnp.bool_), err)
+
+        def poison(x: Any) -> Any:
+            if _is_array(x) and jnp.issubdtype(x.dtype, jnp.inexact):
+                return jnp.where(ok, x, jnp.asarray(jnp.nan, x.dtype))
+            return x
+
+        return jax.tree_util.tree_map(poison, out)
+
     def _run(self, key, diff, dyn, state, static):
-        treedef, dynamic, static_leaves = static
-        it = iter(dyn)
-        leaves = [next(it) if d else x for d, x in zip(dynamic, static_leaves, strict=True)]
-        others, est = jax.tree_util.tree_unflatten(treedef, leaves)
-        args = list(others)
-        for i, d in zip(self._nums, diff, strict=True):
-            args[i - 1] = d
-        run = _Run(self, est, tuple(args))
+        treedef, kinds, static_leaves, out_spec = static
+        with _validation.validating(self.validate):
+            return self._run_body(key, diff, dyn, state, treedef, kinds, static_leaves, out_spec)
+
+    def _run_body(self, key, diff, dyn, state, treedef, kinds, static_leaves, out_spec):
+        def assemble(d: tuple) -> tuple[tuple, Estimator]:
+            it_d = iter(x for sub in d for x in sub)
+            it_a = iter(dyn)
+            leaves = [
+                next(it_d) if k == "d" else next(it_a) if k == "a" else x
+                for k, x in zip(kinds, static_leaves, strict=True)
+            ]
+            return jax.tree_util.tree_unflatten(treedef, leaves)
+
+        _, est = assemble(diff)
+        run = _Run(self, est, lambda d: assemble(d)[0])
         keys = jax.random.split(key, self.num_samples)
         if est.site_level:
-            value, grads, aux, new_state = run.surrogate(keys, diff, state)
+            value, grads, aux, new_state, f = run.surrogate(keys, diff, state)
         else:
-            value, grads, aux = run.whole_program(keys, diff)
+            value, grads, aux, f = run.whole_program(keys, diff)
             new_state = None
+        # out-of-range / NaN parameters: a NaN value must come with a NaN gradient
+        grads = _nan_where_value_nan(f if self.kind == "grad_samples" else value, grads)
+        if not (est.site_level and run.higher_order_ok):
+            inputs = [x for x in jax.tree_util.tree_leaves((diff, dyn)) if _is_inexact(x)]
+            value, grads = _no_higher_order(run.higher_order_message(), (value, grads), inputs)
+        grads = tuple(
+            jax.tree_util.tree_unflatten(sub_def, [next(it) if m else None for m in mask])
+            for (sub_def, mask), it in zip(out_spec, (iter(g) for g in grads), strict=True)
+        )
         if isinstance(self.argnums, int):
             grads = grads[0]
         if self.kind == "value_and_grad":
@@ -224,20 +349,41 @@ def _is_array(x: Any) -> bool:
     return isinstance(x, jax.Array | np.ndarray | np.generic | jax.core.Tracer)
 
 
+def _leaf_kind(x: Any) -> str:
+    if _is_array(x):
+        return str(x.dtype)
+    return type(x).__name__
+
+
 class _Run:
     """One trace of a transform: the program, its estimator and its fixed arguments."""
 
-    def __init__(self, t: _Transformed, est: Estimator, args: tuple):
-        self.t, self.est, self.args = t, est, args
+    def __init__(self, t: _Transformed, est: Estimator, assemble: Callable[[tuple], tuple]):
+        self.t, self.est, self.assemble = t, est, assemble
         self.num_samples = t.num_samples
         self.chunk_size = t.chunk_size
         self.kind = t.kind
+        # False once a site whose estimate is not differentiable again (straight-through,
+        # Gumbel-softmax at a discrete site) has been traced.
+        self.higher_order_ok = True
+
+    def higher_order_message(self) -> str:
+        name = self.est.name
+        why = (
+            "they are not derivatives of a differentiable surrogate of E[f]"
+            if not self.est.site_level
+            else "the program has a je.straight_through() or je.gumbel_softmax() discrete "
+            "site, whose relaxed/straight-through derivatives are not unbiased to any order"
+        )
+        return (
+            f"je.{name}() estimates cannot be differentiated again ({why}); differentiating "
+            f"them with an outer jax.grad / jax.jacfwd / jax.hessian / jax.jvp would silently "
+            f"give wrong higher derivatives. Use je.score_function() (DiCE, unbiased higher "
+            f"derivatives) or je.pathwise() (or je.auto(), which combines them)."
+        )
 
     def eval(self, key: jax.Array, diff: tuple) -> tuple[jax.Array, Any]:
-        full = list(self.args)
-        for i, d in zip(self.t._nums, diff, strict=True):
-            full[i - 1] = d
-        return _split(self.t.fun(key, *full), self.t.has_aux, self.t.where)
+        return _split(self.t.fun(key, *self.assemble(diff)), self.t.has_aux, self.t.where)
 
     def terms(self, keys: jax.Array, diff: tuple):
         """Per-sample objective, score-function log-probs by group, aux, and the groups."""
@@ -250,14 +396,42 @@ class _Run:
             return f, h.logp, aux
 
         f, logp, aux = jax.vmap(one)(keys)
+        if not shared.get("higher_order_ok", True):
+            self.higher_order_ok = False
         return f, logp, aux, shared["groups"]
 
     def combine(self, f, logp, groups: list[ScoreFunction], total, state):
-        """Per-sample surrogate ``f + sum_g stop_grad(f - b_g) (log p_g - stop_grad(log p_g))``."""
-        s = f
+        r"""Per-sample DiCE surrogate with baselines (Foerster et al., 2018; Mao et al., 2019).
+
+        With ``box(L) = exp(L - stop_gradient(L))`` (value exactly 1), ``L = sum_g log p_g``
+        the summed log-probability of this sample's score-function sites and ``b_g`` the
+        (stop-gradient) baseline of group ``g``::
+
+            s = box(L) * f + sum_g (1 - box(log p_g)) * b_g.
+
+        Value: ``s == f`` exactly (``box = 1``, ``1 - box = 0``), so the mean of ``s`` is
+        the Monte Carlo value. First derivative: ``grad s = f grad L + grad f -
+        sum_g b_g grad log p_g = sum_g (f - b_g) grad log p_g + grad f``, the usual
+        score-function estimate with baselines.
+
+        Higher derivatives are unbiased. ``E_x[box(L(x)) f(x)]`` has the same value and the
+        same derivatives of every order as ``E[f]``: under ``x ~ p(.; theta_0)``,
+        ``box(L)`` behaves as ``p(x; theta) / p(x; theta_0)``, so
+        ``E[grad^n (box(L) f)] = grad^n integral p(x; theta) f(x, theta) dx``
+        (differentiation under the integral). For the baseline term, ``b_g`` is a
+        stop-gradient constant independent of sample ``i`` (leave-one-out uses only the
+        other samples; constant and moving-average baselines do not depend on the
+        samples), so for ``n >= 1``
+        ``E[grad^n ((1 - box(log p_g)) b_g)] = -E[b_g] E[grad^n box(log p_g)]
+        = -E[b_g] grad^n integral p_g(x; theta) dx = -E[b_g] grad^n 1 = 0``:
+        it changes no derivative in expectation, only the variance.
+        """
+        if not groups:
+            return f
+        s = magic_box(sum(logp[i] for i in range(len(groups)))) * f
         for i, g in enumerate(groups):
-            w = jax.lax.stop_gradient(f - g.baseline_value(f, total, self.num_samples, state))
-            s = s + w * (logp[i] - jax.lax.stop_gradient(logp[i]))
+            b = jax.lax.stop_gradient(g.baseline_value(f, total, self.num_samples, state))
+            s = s + (1.0 - magic_box(logp[i])) * b
         return s
 
     def needs_total(self, keys, diff) -> bool:
@@ -268,7 +442,8 @@ class _Run:
             *_, g = self.terms(k[None], diff)
             groups.extend(g)
 
-        jax.eval_shape(probe, keys[0])
+        with _validation.validating(False):
+            jax.eval_shape(probe, keys[0])
         return any(isinstance(g.baseline, str) for g in groups)
 
     def total(self, keys, diff):
@@ -279,6 +454,13 @@ class _Run:
         return jax.lax.stop_gradient(_scan_chunks(fwd, keys, self.chunk_size)[0])
 
     def surrogate(self, keys, diff, state):
+        """``(value, mean or per-sample grads, aux, new_state, per-sample f)``.
+
+        The value is the mean of the surrogate (numerically the mean of ``f``) taken from
+        the same ``jax.value_and_grad`` as the gradient, so an outer derivative of the
+        value is the score-function/pathwise gradient and an outer derivative of the
+        gradient is the DiCE second derivative.
+        """
         n = self.num_samples
         chunked = self.chunk_size is not None and self.chunk_size < n
         per_sample = self.kind == "grad_samples"
@@ -295,12 +477,13 @@ class _Run:
                         s = self.combine(f, logp, groups, total, state)
                         return s[0], (f[0], jax.tree_util.tree_map(lambda a: a[0], aux))
 
-                    return jax.grad(loss, has_aux=True)(diff)
+                    (s, (f, aux)), g = jax.value_and_grad(loss, has_aux=True)(diff)
+                    return g, s, f, aux
 
-                g, (f, aux) = jax.vmap(one)(kc)
-                return None, (g, f, aux)
+                g, s, f, aux = jax.vmap(one)(kc)
+                return jnp.sum(s), (g, f, aux)
 
-            _, (grads, f, aux) = _scan_chunks(fn, keys, self.chunk_size)
+            ssum, (grads, f, aux) = _scan_chunks(fn, keys, self.chunk_size)
         else:
 
             def fn(kc):
@@ -309,14 +492,18 @@ class _Run:
                     tot = jax.lax.stop_gradient(jnp.sum(f)) if total is None else total
                     return jnp.sum(self.combine(f, logp, groups, tot, state)), (f, aux)
 
-                g, (f, aux) = jax.grad(loss, has_aux=True)(diff)
-                return g, (f, aux)
+                (s, (f, aux)), g = jax.value_and_grad(loss, has_aux=True)(diff)
+                return (g, s), (f, aux)
 
-            gsum, (f, aux) = _scan_chunks(fn, keys, self.chunk_size)
+            (gsum, ssum), (f, aux) = _scan_chunks(fn, keys, self.chunk_size)
             grads = tree_scale(gsum, 1.0 / n)
-        value = jnp.mean(f)
-        new_state = self.est.baseline.update(state, value) if self.est.has_state else None
-        return value, grads, aux, new_state
+        value = ssum / n
+        new_state = (
+            self.est.baseline.update(state, jax.lax.stop_gradient(value))
+            if self.est.has_state
+            else None
+        )
+        return value, grads, aux, new_state, f
 
     def whole_program(self, keys, diff):
         theta, unravel = ravel_pytree(diff)
@@ -337,7 +524,7 @@ class _Run:
         else:
             gsum, (f, aux) = _scan_chunks(fn, keys, self.chunk_size)
             grads = unravel(gsum / self.num_samples)
-        return jnp.mean(f), grads, aux
+        return jnp.mean(f), grads, aux, f
 
 
 _COMMON_DOC = """
@@ -369,6 +556,7 @@ def grad(
     num_samples: int = 1,
     chunk_size: int | None = None,
     has_aux: bool = False,
+    validate: bool = False,
 ) -> Callable[..., Any]:
     """Monte Carlo estimate of ``grad_args E[fun(key, *args)]``, shaped like the arguments.
 
@@ -377,7 +565,7 @@ def grad(
     surrogate). Equals ``mean(grad_samples(...))`` for the same key. Returns grads, or
     ``(grads, aux)`` with ``has_aux``.
     """
-    return _Transformed(fun, estimator, argnums, num_samples, chunk_size, has_aux, "grad")
+    return _Transformed(fun, estimator, argnums, num_samples, chunk_size, has_aux, "grad", validate)
 
 
 def value_and_grad(
@@ -388,13 +576,16 @@ def value_and_grad(
     num_samples: int = 1,
     chunk_size: int | None = None,
     has_aux: bool = False,
+    validate: bool = False,
 ) -> Callable[..., Any]:
     """Like :func:`grad` but returns ``(mean value, grads)``.
 
     With ``has_aux`` it returns ``((mean value, aux), grads)`` as :func:`jax.value_and_grad`.
     The mean value is the unbiased Monte Carlo estimate of ``E[fun]`` from the same samples.
     """
-    return _Transformed(fun, estimator, argnums, num_samples, chunk_size, has_aux, "value_and_grad")
+    return _Transformed(
+        fun, estimator, argnums, num_samples, chunk_size, has_aux, "value_and_grad", validate
+    )
 
 
 def grad_samples(
@@ -405,6 +596,7 @@ def grad_samples(
     num_samples: int = 1,
     chunk_size: int | None = None,
     has_aux: bool = False,
+    validate: bool = False,
 ) -> Callable[..., Any]:
     """The ``num_samples`` per-sample gradient estimates, stacked on a leading axis.
 
@@ -412,7 +604,9 @@ def grad_samples(
     per-sample variance (divide the standard deviation by ``sqrt(N)`` for the standard
     error of the mean). Materializes ``N`` gradients: a diagnostic tool.
     """
-    return _Transformed(fun, estimator, argnums, num_samples, chunk_size, has_aux, "grad_samples")
+    return _Transformed(
+        fun, estimator, argnums, num_samples, chunk_size, has_aux, "grad_samples", validate
+    )
 
 
 for _f in (grad, value_and_grad, grad_samples):
