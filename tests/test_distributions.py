@@ -768,7 +768,7 @@ def test_discrete_sample_has_no_gradient():
         (lambda: D.Binomial(-1, probs=0.5), r"Binomial: `total_count` must be a non-negative"),
         (lambda: D.Binomial(2.5, probs=0.5), r"Binomial: `total_count` must be a non-negative"),
         (lambda: D.Binomial(5, probs=-0.1), r"Binomial: `probs` must be in \[0, 1\]"),
-        (lambda: D.Poisson(0.0), r"Poisson: `rate` must be > 0"),
+        (lambda: D.Poisson(-1.0), r"Poisson: `rate` must be >= 0"),
         (lambda: D.Categorical(probs=[0.5, 0.6]), r"Categorical: `probs` must sum to 1"),
         (lambda: D.Categorical(probs=[1.5, -0.5]), r"Categorical: `probs` must be non-negative"),
         (lambda: D.Categorical(probs=0.5), r"Categorical: `probs` must have at least one"),

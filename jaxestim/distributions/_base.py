@@ -3,6 +3,15 @@
 Every distribution is an immutable JAX pytree whose leaves are its array parameters as stored.
 Reconstruction from leaves (``tree_unflatten``) bypasses validation, so leaves may be tracers,
 ``None`` or arbitrary sentinel objects (as produced by ``jax.tree_util`` utilities).
+
+Parameter validity. Constructors check concrete parameters and raise ``ValueError``. Traced
+parameters (inside ``jax.jit``, ``jax.grad``, ``je.grad``, ...) cannot be checked there, so every
+distribution also exposes traceable checks, :meth:`Distribution._param_checks` and
+:meth:`Distribution._params_valid`, and *poisons* its outputs element-wise where they fail:
+``log_prob``, ``cdf``, continuous ``rsample``/``sample`` and discrete ``icdf`` (hence
+``sample``) return NaN for the batch elements whose parameters are out of range or NaN
+(``Categorical.icdf`` returns the out-of-range label ``K`` instead; see its docstring). Valid
+elements are unaffected, in value and gradient.
 """
 
 from __future__ import annotations
@@ -98,6 +107,10 @@ def _check_values(owner: str, name: str, x: Array, ok: Any, expected: str) -> No
         )
 
 
+def _check_nonnegative(owner: str, name: str, x: Array) -> None:
+    _check_values(owner, name, x, lambda v: v >= 0, ">= 0")
+
+
 def _check_finite(owner: str, name: str, x: Array) -> None:
     _check_values(owner, name, x, lambda v: np.ones(v.shape, bool), "finite")
 
@@ -112,6 +125,50 @@ def _check_positive(owner: str, name: str, x: Array) -> None:
         raise ValueError(f"{owner}: `{name}` must be finite and > 0, got non-finite values")
     if not np.all(values > 0):
         raise ValueError(f"{owner}: `{name}` must be > 0, got min {values.min()}")
+
+
+# --------------------------------------------------------------------------------------------
+# Traceable parameter checks, value-level poisoning and boundary-safe logarithms
+# --------------------------------------------------------------------------------------------
+
+
+def _finite(x: Array) -> Array:
+    return jnp.isfinite(x)
+
+
+def _positive(x: Array) -> Array:
+    """``0 < x < inf`` (False for NaN)."""
+    return (x > 0) & (x < jnp.inf)
+
+
+def _nonnegative(x: Array) -> Array:
+    """``0 <= x < inf`` (False for NaN)."""
+    return (x >= 0) & (x < jnp.inf)
+
+
+def _poison(x: Array, valid: Array, event_ndim: int = 0) -> Array:
+    """``x`` where ``valid`` (broadcast over ``event_ndim`` trailing axes), NaN elsewhere.
+
+    A single ``jnp.where``: the value and the gradient of valid elements are unchanged.
+    """
+    valid = jnp.reshape(valid, valid.shape + (1,) * event_ndim)
+    return jnp.where(valid, x, jnp.asarray(jnp.nan, x.dtype))
+
+
+def _safe_log(x: Array) -> Array:
+    """``log(x)`` for ``x > 0`` and ``-inf`` for ``x <= 0``, with a zero (not NaN) gradient at 0.
+
+    The double ``jnp.where`` keeps ``log'(0) = inf`` out of the backward pass, so ``k * log(p)``
+    selected away (or multiplied by ``k = 0`` inside another ``where``) has a finite gradient.
+    """
+    positive = x > 0
+    return jnp.where(positive, jnp.log(jnp.where(positive, x, 1)), -jnp.inf)
+
+
+def _safe_log1m(x: Array) -> Array:
+    """``log1p(-x)`` for ``x < 1`` and ``-inf`` for ``x >= 1``, with a zero gradient at 1."""
+    below = x < 1
+    return jnp.where(below, jnp.log1p(-jnp.where(below, x, 0)), -jnp.inf)
 
 
 # --------------------------------------------------------------------------------------------
@@ -255,6 +312,34 @@ class Distribution(abc.ABC):
     def log_prob(self, value: ArrayLike) -> Array:
         """Log density / mass of ``value``, of shape ``broadcast(sample dims) + batch_shape``."""
 
+    # -- traceable parameter checks --------------------------------------------------------
+
+    def _param_checks(self) -> tuple[tuple[str, Array, str], ...]:
+        """Traceable range checks of the parameters, one per constraint.
+
+        Returns:
+            A tuple of ``(name, valid, expected)``: the parameter name, a boolean array of shape
+            ``batch_shape`` that is True where the parameter satisfies the constraint (and is
+            not NaN), and a human description of the expected range (e.g. ``"in [0, 1]"``).
+            Works on traced parameters (it is what the concrete constructor checks cannot do).
+        """
+        return ()
+
+    def _params_valid(self) -> Array:
+        """Boolean array of shape ``batch_shape``: the AND of all :meth:`_param_checks`.
+
+        Outputs of batch elements where this is False are poisoned with NaN (see the module
+        docstring).
+        """
+        valid = jnp.ones(self.batch_shape, bool)
+        for _, ok, _ in self._param_checks():
+            valid = valid & ok
+        return valid
+
+    def _poison(self, x: Array, event_ndim: int = 0) -> Array:
+        """``x`` (shape ``... + batch_shape + event_shape[-event_ndim:]``), NaN where invalid."""
+        return _poison(x, self._params_valid(), event_ndim)
+
     def _full_shape(self, sample_shape: int | Sequence[int]) -> Shape:
         return _canonical_sample_shape(sample_shape) + self.batch_shape + self.event_shape
 
@@ -283,10 +368,12 @@ class ContinuousDistribution(Distribution):
             sample_shape: leading sample dimensions (an int or a tuple of non-negative ints).
 
         Returns:
-            Array of shape ``sample_shape + batch_shape + event_shape`` in the parameter dtype.
+            Array of shape ``sample_shape + batch_shape + event_shape`` in the parameter dtype;
+            NaN for batch elements whose (traced) parameters are invalid.
         """
         _validate_key(key)
-        return self._rsample(key, self._full_shape(sample_shape))
+        out = self._rsample(key, self._full_shape(sample_shape))
+        return self._poison(out, len(self.event_shape))
 
     def sample(self, key: Array, sample_shape: int | Sequence[int] = ()) -> Array:
         """Same as :meth:`rsample` (continuous families are reparameterized)."""
@@ -339,7 +426,8 @@ class DiscreteDistribution(Distribution):
         """Samples ``value_from_index(icdf(uniforms(key, sample_shape)))``.
 
         Parameters are wrapped in ``jax.lax.stop_gradient``: discrete samples carry no
-        pathwise derivative.
+        pathwise derivative. Batch elements with invalid (traced) parameters give NaN
+        (``icdf`` is poisoned; for ``Categorical`` the label ``K``).
         """
         frozen = jax.tree_util.tree_map(jax.lax.stop_gradient, self)
         return frozen.value_from_index(frozen.icdf(frozen.uniforms(key, sample_shape)))

@@ -1,4 +1,15 @@
-"""Continuous distributions with reparameterized samplers."""
+"""Continuous distributions with reparameterized samplers.
+
+Parameter boundaries. Every continuous family's parameter space is open (``scale > 0``,
+``concentration > 0``, ``low < high``, ...): at the boundary itself the density is not defined.
+Arbitrarily close to it (e.g. ``scale = 1e-7``, in float32 and float64) ``log_prob``, its
+gradients and ``rsample`` are finite, wherever the density of the observed value is positive.
+
+Invalid parameters. Concrete out-of-range or non-finite parameters raise ``ValueError`` in the
+constructors. Traced ones (under ``jax.jit``/``jax.grad``/``je.grad``) cannot be checked there:
+``log_prob`` and ``rsample``/``sample`` return NaN for the batch elements whose parameters are
+invalid (see :meth:`Distribution._param_checks`).
+"""
 
 from __future__ import annotations
 
@@ -21,8 +32,10 @@ from ._base import (
     _broadcast_shapes,
     _check_finite,
     _check_positive,
+    _finite,
     _float_params,
     _is_traced,
+    _positive,
 )
 
 __all__ = [
@@ -72,6 +85,13 @@ class _LocScale(ContinuousDistribution):
     def batch_shape(self) -> Shape:
         return tuple(jnp.broadcast_shapes(self._loc.shape, self._scale.shape))
 
+    def _param_checks(self) -> tuple[tuple[str, Array, str], ...]:
+        b = self._broadcast
+        return (
+            ("loc", b(_finite(self._loc)), "finite"),
+            ("scale", b(_positive(self._scale)), "finite and > 0"),
+        )
+
     def _standard(self, key: Array, shape: Shape, dtype: np.dtype) -> Array:
         raise NotImplementedError
 
@@ -94,8 +114,9 @@ class Normal(_LocScale):
         return jax.random.normal(key, shape, dtype)
 
     def log_prob(self, value: ArrayLike) -> Array:
-        """Log density of ``value``."""
-        return jsp_stats.norm.logpdf(_value(value, self.dtype), self._loc, self._scale)
+        """Log density of ``value`` (NaN where the parameters are invalid)."""
+        lp = jsp_stats.norm.logpdf(_value(value, self.dtype), self._loc, self._scale)
+        return self._poison(lp)
 
     @property
     def mean(self) -> Array:
@@ -127,7 +148,7 @@ class LogNormal(_LocScale):
         safe = jnp.where(positive, x, 1)
         log_x = jnp.log(safe)
         lp = jsp_stats.norm.logpdf(log_x, self._loc, self._scale) - log_x
-        return jnp.where(positive, lp, -jnp.inf)
+        return self._poison(jnp.where(positive, lp, -jnp.inf))
 
     @property
     def mean(self) -> Array:
@@ -151,8 +172,9 @@ class Laplace(_LocScale):
         return jax.random.laplace(key, shape, dtype)
 
     def log_prob(self, value: ArrayLike) -> Array:
-        """Log density of ``value``."""
-        return jsp_stats.laplace.logpdf(_value(value, self.dtype), self._loc, self._scale)
+        """Log density of ``value`` (NaN where the parameters are invalid)."""
+        lp = jsp_stats.laplace.logpdf(_value(value, self.dtype), self._loc, self._scale)
+        return self._poison(lp)
 
     @property
     def mean(self) -> Array:
@@ -175,8 +197,9 @@ class Logistic(_LocScale):
         return jax.random.logistic(key, shape, dtype)
 
     def log_prob(self, value: ArrayLike) -> Array:
-        """Log density of ``value``."""
-        return jsp_stats.logistic.logpdf(_value(value, self.dtype), self._loc, self._scale)
+        """Log density of ``value`` (NaN where the parameters are invalid)."""
+        lp = jsp_stats.logistic.logpdf(_value(value, self.dtype), self._loc, self._scale)
+        return self._poison(lp)
 
     @property
     def mean(self) -> Array:
@@ -200,8 +223,9 @@ class Cauchy(_LocScale):
         return jax.random.cauchy(key, shape, dtype)
 
     def log_prob(self, value: ArrayLike) -> Array:
-        """Log density of ``value``."""
-        return jsp_stats.cauchy.logpdf(_value(value, self.dtype), self._loc, self._scale)
+        """Log density of ``value`` (NaN where the parameters are invalid)."""
+        lp = jsp_stats.cauchy.logpdf(_value(value, self.dtype), self._loc, self._scale)
+        return self._poison(lp)
 
     @property
     def mean(self) -> Array:
@@ -250,6 +274,14 @@ class Uniform(ContinuousDistribution):
     def batch_shape(self) -> Shape:
         return tuple(jnp.broadcast_shapes(self._low.shape, self._high.shape))
 
+    def _param_checks(self) -> tuple[tuple[str, Array, str], ...]:
+        shape = self.batch_shape
+        return (
+            ("low", jnp.broadcast_to(_finite(self._low), shape), "finite"),
+            ("high", jnp.broadcast_to(_finite(self._high), shape), "finite"),
+            ("high", jnp.broadcast_to(self._low < self._high, shape), "> `low` element-wise"),
+        )
+
     def _rsample(self, key: Array, shape: Shape) -> Array:
         u = jax.random.uniform(key, shape, self.dtype)
         return self._low + (self._high - self._low) * u
@@ -259,7 +291,7 @@ class Uniform(ContinuousDistribution):
         x = _value(value, self.dtype)
         width = self._high - self._low
         inside = (x >= self._low) & (x <= self._high)
-        return jnp.where(inside, -jnp.log(width), -jnp.inf)
+        return self._poison(jnp.where(inside, -jnp.log(width), -jnp.inf))
 
     @property
     def mean(self) -> Array:
@@ -294,13 +326,16 @@ class Exponential(ContinuousDistribution):
     def batch_shape(self) -> Shape:
         return tuple(self._rate.shape)
 
+    def _param_checks(self) -> tuple[tuple[str, Array, str], ...]:
+        return (("rate", _positive(self._rate), "finite and > 0"),)
+
     def _rsample(self, key: Array, shape: Shape) -> Array:
         return jax.random.exponential(key, shape, self.dtype) / self._rate
 
     def log_prob(self, value: ArrayLike) -> Array:
         """Log density of ``value`` (``-inf`` for ``value < 0``)."""
         x = _value(value, self.dtype)
-        return jnp.where(x >= 0, jnp.log(self._rate) - self._rate * x, -jnp.inf)
+        return self._poison(jnp.where(x >= 0, jnp.log(self._rate) - self._rate * x, -jnp.inf))
 
     @property
     def mean(self) -> Array:
@@ -345,14 +380,26 @@ class Gamma(ContinuousDistribution):
     def batch_shape(self) -> Shape:
         return tuple(jnp.broadcast_shapes(self._concentration.shape, self._rate.shape))
 
+    def _param_checks(self) -> tuple[tuple[str, Array, str], ...]:
+        shape = self.batch_shape
+        return (
+            (
+                "concentration",
+                jnp.broadcast_to(_positive(self._concentration), shape),
+                "finite and > 0",
+            ),
+            ("rate", jnp.broadcast_to(_positive(self._rate), shape), "finite and > 0"),
+        )
+
     def _rsample(self, key: Array, shape: Shape) -> Array:
         a = jnp.broadcast_to(self._concentration, self.batch_shape)
         return jax.random.gamma(key, a, shape, self.dtype) / self._rate
 
     def log_prob(self, value: ArrayLike) -> Array:
-        """Log density of ``value``."""
+        """Log density of ``value`` (NaN where the parameters are invalid)."""
         x = _value(value, self.dtype)
-        return jsp_stats.gamma.logpdf(x * self._rate, self._concentration) + jnp.log(self._rate)
+        lp = jsp_stats.gamma.logpdf(x * self._rate, self._concentration) + jnp.log(self._rate)
+        return self._poison(lp)
 
     @property
     def mean(self) -> Array:
@@ -396,13 +443,23 @@ class Beta(ContinuousDistribution):
     def batch_shape(self) -> Shape:
         return tuple(jnp.broadcast_shapes(self._concentration1.shape, self._concentration0.shape))
 
+    def _param_checks(self) -> tuple[tuple[str, Array, str], ...]:
+        shape = self.batch_shape
+        return tuple(
+            (name, jnp.broadcast_to(_positive(c), shape), "finite and > 0")
+            for name, c in (
+                ("concentration1", self._concentration1),
+                ("concentration0", self._concentration0),
+            )
+        )
+
     def _rsample(self, key: Array, shape: Shape) -> Array:
         return jax.random.beta(key, self._concentration1, self._concentration0, shape, self.dtype)
 
     def log_prob(self, value: ArrayLike) -> Array:
-        """Log density of ``value``."""
+        """Log density of ``value`` (NaN where the parameters are invalid)."""
         x = _value(value, self.dtype)
-        return jsp_stats.beta.logpdf(x, self._concentration1, self._concentration0)
+        return self._poison(jsp_stats.beta.logpdf(x, self._concentration1, self._concentration0))
 
     @property
     def mean(self) -> Array:
@@ -451,6 +508,10 @@ class Dirichlet(ContinuousDistribution):
     def event_shape(self) -> Shape:
         return tuple(self._concentration.shape[-1:])
 
+    def _param_checks(self) -> tuple[tuple[str, Array, str], ...]:
+        ok = jnp.all(_positive(self._concentration), -1)
+        return (("concentration", ok, "finite and > 0"),)
+
     def _rsample(self, key: Array, shape: Shape) -> Array:
         return jax.random.dirichlet(key, self._concentration, shape[:-1], self.dtype)
 
@@ -459,7 +520,7 @@ class Dirichlet(ContinuousDistribution):
         x = _value(value, self.dtype)
         a = self._concentration
         log_norm = jnp.sum(jsp_special.gammaln(a), -1) - jsp_special.gammaln(jnp.sum(a, -1))
-        return jnp.sum(jsp_special.xlogy(a - 1, x), -1) - log_norm
+        return self._poison(jnp.sum(jsp_special.xlogy(a - 1, x), -1) - log_norm)
 
     @property
     def mean(self) -> Array:
@@ -552,6 +613,26 @@ class MultivariateNormal(ContinuousDistribution):
     def event_shape(self) -> Shape:
         return tuple(self._loc.shape[-1:])
 
+    def _param_checks(self) -> tuple[tuple[str, Array, str], ...]:
+        shape = self.batch_shape
+        m = self._scale_tril
+        diag = jnp.diagonal(m, axis1=-2, axis2=-1)
+        upper = jnp.triu(m, k=1)
+        return (
+            ("loc", jnp.broadcast_to(jnp.all(_finite(self._loc), -1), shape), "finite"),
+            ("scale_tril", jnp.broadcast_to(jnp.all(_finite(m), (-2, -1)), shape), "finite"),
+            (
+                "scale_tril",
+                jnp.broadcast_to(jnp.all(diag > 0, -1), shape),
+                "with a positive diagonal",
+            ),
+            (
+                "scale_tril",
+                jnp.broadcast_to(jnp.all(upper == 0, (-2, -1)), shape),
+                "lower triangular",
+            ),
+        )
+
     def _rsample(self, key: Array, shape: Shape) -> Array:
         eps = jax.random.normal(key, shape, self.dtype)
         return self._loc + jnp.matmul(self.scale_tril, eps[..., None])[..., 0]
@@ -571,7 +652,7 @@ class MultivariateNormal(ContinuousDistribution):
         z = jsp_linalg.solve_triangular(tril, rhs, lower=True)
         maha = jnp.moveaxis(jnp.sum(jnp.square(z), axis=-2), -1, 0).reshape(sample_shape + batch)
         log_det = jnp.sum(jnp.log(jnp.diagonal(tril, axis1=-2, axis2=-1)), -1)
-        return -0.5 * maha - log_det - 0.5 * d * math.log(2 * math.pi)
+        return self._poison(-0.5 * maha - log_det - 0.5 * d * math.log(2 * math.pi))
 
     @property
     def mean(self) -> Array:

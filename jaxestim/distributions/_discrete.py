@@ -12,6 +12,21 @@ shape parameters; the binomial CDF uses the continued fraction of the incomplete
 scaled by the accurate mass. Inverse CDFs compare ``u`` with the lower tail where the lower tail
 is below 1/2 and ``1 - u`` with the upper tail otherwise (the choice depends on ``k`` only, so
 ``icdf`` stays monotone in ``u``).
+
+Parameter boundaries. ``Bernoulli``/``Binomial`` accept ``probs`` in ``[0, 1]``, ``Geometric``
+``probs`` in ``(0, 1]``, ``Poisson`` ``rate >= 0`` and ``Categorical``/``OneHotCategorical``
+``probs`` with zero entries: at a boundary the distribution is a (partially) degenerate point
+mass. There, and arbitrarily close to it, ``log_prob`` and its gradient with respect to every
+float parameter are finite and exact wherever the mass of the observed value is positive
+(``-inf`` where it is 0), and ``cdf`` and its JVP are finite: logarithms of probabilities that
+may be 0 go through a double ``jnp.where`` so that ``log'(0) = inf`` never reaches the
+backward pass (e.g. ``d/dp log Binomial(0; n, p) = -n`` at ``p = 0``). Logits must be finite.
+
+Invalid parameters. Concrete out-of-range or non-finite parameters raise ``ValueError`` in the
+constructors. Traced ones cannot be checked there: ``log_prob``, ``cdf`` and ``icdf`` (hence
+``sample``) return NaN for the batch elements whose parameters are invalid (see
+:meth:`Distribution._param_checks`); ``Categorical.icdf`` returns the out-of-range label ``K``
+(``OneHotCategorical`` turns it into a NaN vector).
 """
 
 from __future__ import annotations
@@ -33,10 +48,14 @@ from ._base import (
     DiscreteDistribution,
     Shape,
     _broadcast_shapes,
-    _check_positive,
+    _check_nonnegative,
     _check_values,
+    _finite,
     _float_params,
     _is_traced,
+    _nonnegative,
+    _safe_log,
+    _safe_log1m,
 )
 
 __all__ = ["Bernoulli", "Binomial", "Categorical", "Geometric", "OneHotCategorical", "Poisson"]
@@ -83,8 +102,14 @@ def _stirlerr(n: Array) -> Array:
     return jnp.where(n < _STIRLERR_CUT, small, series)
 
 
-def _bd0(x: Array, m: Array) -> Array:
-    """Loader's deviance term ``x log(x / m) + m - x`` without cancellation (x >= 0, m > 0)."""
+def _bd0(x: Array, m: Array, log_m: Array | None = None) -> Array:
+    """Loader's deviance term ``x log(x / m) + m - x`` without cancellation (x > 0, m >= 0).
+
+    ``log_m`` (default ``log(m)``) is used where ``m`` is tiny (below ``sqrt(tiny)``, e.g. an
+    underflowed ``n * sigmoid(logits)``): there ``x (log x - log m - 1) + m`` is accurate and its
+    gradient finite. ``m = 0`` (``log_m = -inf`` with a zero gradient, see ``_safe_log``) gives
+    ``+inf`` with a finite gradient.
+    """
     v = (x - m) / (x + m)
     small = jnp.abs(v) < 0.25
     vs = jnp.where(small, v, 0)
@@ -94,13 +119,23 @@ def _bd0(x: Array, m: Array) -> Array:
     for j in range(14, 0, -1):
         poly = v2 * (1 / (2 * j + 1) + poly)
     series = (x + m) * (v2 + (1 + vs) * vs * poly)
-    direct = jsp_special.xlogy(x, x / m) + m - x
-    return jnp.where(small, series, direct)
+    if log_m is None:
+        log_m = _safe_log(m)
+    tiny = m < math.sqrt(float(jnp.finfo(jnp.dtype(m.dtype)).tiny))
+    m_reg = jnp.where(tiny, 1, m)
+    regular = jsp_special.xlogy(x, x / m_reg) + m_reg - x
+    x_pos = x > 0
+    x_safe = jnp.where(x_pos, x, 1)
+    log_form = jnp.where(x_pos, x * (jnp.log(x_safe) - jnp.where(tiny, log_m, 0) - 1), 0) + m
+    return jnp.where(small, series, jnp.where(tiny, log_form, regular))
 
 
 @jax.jit
 def _poisson_log_pmf(k: Array, rate: Array) -> Array:
-    """Log mass of integer ``k >= 0`` under Poisson(rate), accurate for large rates."""
+    """Log mass of integer ``k >= 0`` under Poisson(rate), accurate for large rates.
+
+    ``rate = 0`` gives 0 at ``k = 0`` (gradient -1) and ``-inf`` elsewhere, NaN-free.
+    """
     positive = k > 0
     ks = jnp.where(positive, k, 1)
     general = -_stirlerr(ks) - _bd0(ks, rate) - 0.5 * (_LOG_2PI + jnp.log(ks))
@@ -109,17 +144,22 @@ def _poisson_log_pmf(k: Array, rate: Array) -> Array:
 
 @jax.jit
 def _binomial_log_pmf(k: Array, n: Array, p: Array, q: Array, log_p: Array, log_q: Array) -> Array:
-    """Log mass of integer ``0 <= k <= n`` under Binomial(n, p) (Loader's form)."""
+    """Log mass of integer ``0 <= k <= n`` under Binomial(n, p) (Loader's form).
+
+    ``log_p``/``log_q`` may be ``-inf`` (``p = 0`` or ``1``) as produced by ``_safe_log``: the
+    result is then exact (``0`` or ``-inf``) with a finite gradient.
+    """
     inner = (k > 0) & (k < n)
     ks = jnp.where(inner, k, 1)
     ns = jnp.where(inner, n, 2)
+    log_n = jnp.log(ns)
     general = (
         _stirlerr(ns)
         - _stirlerr(ks)
         - _stirlerr(ns - ks)
-        - _bd0(ks, ns * p)
-        - _bd0(ns - ks, ns * q)
-        + 0.5 * (jnp.log(ns) - _LOG_2PI - jnp.log(ks) - jnp.log(ns - ks))
+        - _bd0(ks, ns * p, log_n + log_p)
+        - _bd0(ns - ks, ns * q, log_n + log_q)
+        + 0.5 * (log_n - _LOG_2PI - jnp.log(ks) - jnp.log(ns - ks))
     )
     at_zero = jnp.where(n == 0, 0, n * log_q)
     at_n = jnp.where(n == 0, 0, n * log_p)
@@ -463,10 +503,11 @@ def _binomial_icdf(u: Array, n: Array, p: Array, q: Array, log_p: Array, log_q: 
 
 @jax.jit
 def _poisson_icdf(u: Array, rate: Array) -> Array:
-    """Exact Poisson inverse CDF (broadcasting both arguments)."""
+    """Exact Poisson inverse CDF (broadcasting both arguments); 0 where ``rate = 0``."""
     shape = jnp.broadcast_shapes(u.shape, rate.shape)
     u = jnp.broadcast_to(u, shape)
-    rate = jnp.broadcast_to(rate, shape)
+    zero = jnp.broadcast_to(rate == 0, shape)
+    rate = jnp.where(zero, 1, jnp.broadcast_to(rate, shape))
     z = _normal_quantile(u)
     guess = rate + jnp.sqrt(rate) * z + (jnp.square(z) - 1) / 6
     # P(K > rate + 9 sqrt(rate) + 40) < 2**-53 (Chernoff bound).
@@ -484,7 +525,8 @@ def _poisson_icdf(u: Array, rate: Array) -> Array:
     def log_ratio_up(k: Array) -> Array:
         return log_rate - jnp.log(k + 1)
 
-    return _walk_icdf(u, guess, top, tails, log_pmf, log_ratio_up, bracket_hi)
+    k = _walk_icdf(u, guess, top, tails, log_pmf, log_ratio_up, bracket_hi)
+    return jnp.where(zero, 0, k)
 
 
 # --------------------------------------------------------------------------------------------
@@ -514,10 +556,10 @@ class _BinaryProbs:
 
     @property
     def logits(self) -> Array:
-        """Log-odds ``log(p) - log1p(-p)``."""
+        """Log-odds ``log(p) - log1p(-p)`` (``-inf`` at ``p = 0``, ``+inf`` at ``p = 1``)."""
         if self._logits is not None:
             return self._logits
-        return jnp.log(self._probs) - jnp.log1p(-self._probs)
+        return _safe_log(self._probs) - _safe_log1m(self._probs)
 
     def _p_q(self) -> tuple[Array, Array]:
         """``(p, 1 - p)``, each computed accurately."""
@@ -526,10 +568,23 @@ class _BinaryProbs:
         return self._probs, 1 - self._probs
 
     def _log_p_q(self) -> tuple[Array, Array]:
-        """``(log p, log(1 - p))``, each computed accurately."""
+        """``(log p, log(1 - p))``, each computed accurately.
+
+        With ``probs``, ``log 0 = -inf`` comes with a zero (not infinite) gradient, so that terms
+        multiplied by a zero count or selected away by ``jnp.where`` keep finite gradients.
+        """
         if self._logits is not None:
             return jax.nn.log_sigmoid(self._logits), jax.nn.log_sigmoid(-self._logits)
-        return jnp.log(self._probs), jnp.log1p(-self._probs)
+        return _safe_log(self._probs), _safe_log1m(self._probs)
+
+    def _binary_checks(self, *, strict_low: bool = False) -> tuple[tuple[str, Array, str], ...]:
+        shape = self.batch_shape  # type: ignore[attr-defined]
+        if self._logits is not None:
+            return (("logits", jnp.broadcast_to(_finite(self._logits), shape), "finite"),)
+        p = self._probs
+        if strict_low:
+            return (("probs", jnp.broadcast_to((p > 0) & (p <= 1), shape), "in (0, 1]"),)
+        return (("probs", jnp.broadcast_to((p >= 0) & (p <= 1), shape), "in [0, 1]"),)
 
 
 def _init_binary(
@@ -564,6 +619,11 @@ class Bernoulli(_BinaryProbs, DiscreteDistribution):
     Parameterization: exactly one of ``probs`` (``p`` in ``[0, 1]``) or ``logits``
     (``log(p / (1 - p))``, finite). Support: ``{0, 1}``; samples are float arrays.
     Inverse CDF: ``k = 1`` iff ``u > 1 - p`` (compared as ``1 - u < p`` for ``u > 1/2``).
+
+    Boundaries: ``p = 0`` (``p = 1``) is the point mass at 0 (at 1); ``log_prob`` of the
+    supported value is 0 with gradient ``-1`` (``+1``) in ``p``, the other value ``-inf``.
+    Traced invalid ``probs``/``logits`` (outside ``[0, 1]``, non-finite, NaN) make ``log_prob``,
+    ``cdf``, ``icdf`` and ``sample`` NaN.
     """
 
     _param_names: ClassVar[tuple[str, ...]] = ("probs", "logits")
@@ -574,6 +634,9 @@ class Bernoulli(_BinaryProbs, DiscreteDistribution):
     @property
     def batch_shape(self) -> Shape:
         return tuple(_param(self).shape)
+
+    def _param_checks(self) -> tuple[tuple[str, Array, str], ...]:
+        return self._binary_checks()
 
     def _f0(self) -> Array:
         """``P(K = 0) = 1 - p``."""
@@ -587,18 +650,19 @@ class Bernoulli(_BinaryProbs, DiscreteDistribution):
         u = jnp.asarray(u).astype(d.dtype)
         p, _ = d._p_q()
         one = jnp.where(u <= 0.5, u > d._f0(), (1 - u) < p)
-        return one.astype(d.dtype)
+        return d._poison(one.astype(d.dtype))
 
     def cdf(self, k: ArrayLike) -> Array:
         """``P(K <= k)``: 0 for k < 0, ``1 - p`` for 0 <= k < 1, 1 for k >= 1."""
         k = _floor_value(k, self.dtype)
-        return jnp.where(k < 0, 0, jnp.where(k < 1, self._f0(), 1)).astype(self.dtype)
+        out = jnp.where(k < 0, 0, jnp.where(k < 1, self._f0(), 1)).astype(self.dtype)
+        return self._poison(out)
 
     def log_prob(self, value: ArrayLike) -> Array:
         """Log mass of ``value`` (``-inf`` outside ``{0, 1}``)."""
         x = jnp.asarray(value).astype(self.dtype)
         log_p, log_q = self._log_p_q()
-        return jnp.where(x == 1, log_p, jnp.where(x == 0, log_q, -jnp.inf))
+        return self._poison(jnp.where(x == 1, log_p, jnp.where(x == 0, log_q, -jnp.inf)))
 
     @property
     def mean(self) -> Array:
@@ -623,6 +687,11 @@ class Geometric(_BinaryProbs, DiscreteDistribution):
     ``logits`` (finite). Support: ``{0, 1, 2, ...}``; ``P(K = k) = (1 - p)**k p``,
     ``P(K <= k) = 1 - (1 - p)**(k + 1)``. Samples are integer-valued float arrays (values beyond
     ``2**nmant`` are not exactly representable).
+
+    Boundaries: ``p = 1`` is the point mass at 0 (``log_prob(0) = 0`` with gradient 1 in ``p``;
+    ``d/dp cdf(k) = (k + 1) (1 - p)**k`` is 1 at ``k = 0``); ``p = 0`` is not a distribution.
+    Traced invalid ``probs``/``logits`` (outside ``(0, 1]``, non-finite, NaN) make ``log_prob``,
+    ``cdf``, ``icdf`` and ``sample`` NaN.
     """
 
     _param_names: ClassVar[tuple[str, ...]] = ("probs", "logits")
@@ -633,6 +702,9 @@ class Geometric(_BinaryProbs, DiscreteDistribution):
     @property
     def batch_shape(self) -> Shape:
         return tuple(_param(self).shape)
+
+    def _param_checks(self) -> tuple[tuple[str, Array, str], ...]:
+        return self._binary_checks(strict_low=True)
 
     def icdf(self, u: ArrayLike) -> Array:
         """Closed-form inverse CDF with a one-step correction against the exact criterion.
@@ -650,15 +722,28 @@ class Geometric(_BinaryProbs, DiscreteDistribution):
         k = jnp.maximum(jnp.ceil(t / log_q) - 1, 0)
         k = jnp.where((k > 0) & ok(k - 1), k - 1, k)
         k = jnp.where(ok(k), k, k + 1)
-        return k
+        return d._poison(k)
 
     def cdf(self, k: ArrayLike) -> Array:
-        """``1 - (1 - p)**(floor(k) + 1)`` for k >= 0, else 0 (computed with ``expm1``)."""
+        """``1 - (1 - p)**(floor(k) + 1)`` for k >= 0, else 0.
+
+        Computed as ``-expm1((k + 1) log1p(-p))`` for ``p <= 1/2`` (accurate for tiny ``p``) and
+        as ``1 - q**(k + 1)`` with the exact ``q = 1 - p`` for ``p > 1/2`` (finite JVP at
+        ``p = 1``); from logits always in the first form with ``log(1 - p) = log_sigmoid(-l)``.
+        """
         k = _floor_value(k, self.dtype)
-        _, log_q = self._log_p_q()
         valid = k >= 0
         ks = jnp.where(valid, k, 0)
-        return jnp.where(valid, -jnp.expm1((ks + 1) * log_q), 0)
+        if self._logits is not None:
+            _, log_q = self._log_p_q()
+            out = -jnp.expm1((ks + 1) * log_q)
+        else:
+            p = self._probs
+            high = p > 0.5
+            low_form = -jnp.expm1((ks + 1) * jnp.log1p(-jnp.where(high, 0.5, p)))
+            high_form = 1 - jnp.where(high, 1 - p, 0.5) ** (ks + 1)
+            out = jnp.where(high, high_form, low_form)
+        return self._poison(jnp.where(valid, out, 0))
 
     def log_prob(self, value: ArrayLike) -> Array:
         """``k log(1 - p) + log p`` for integer ``k >= 0``, else ``-inf``."""
@@ -667,7 +752,7 @@ class Geometric(_BinaryProbs, DiscreteDistribution):
         valid = (x >= 0) & _is_integer(x)
         xs = jnp.where(valid, x, 0)
         lp = jnp.where(xs == 0, 0, xs * log_q) + log_p
-        return jnp.where(valid, lp, -jnp.inf)
+        return self._poison(jnp.where(valid, lp, -jnp.inf))
 
     @property
     def mean(self) -> Array:
@@ -720,6 +805,12 @@ class Binomial(_BinaryProbs, DiscreteDistribution):
     differentiable) and exactly one of ``probs`` (``p`` in ``[0, 1]``) or ``logits`` (finite).
     Support: ``{0, ..., total_count}``; samples are integer-valued float arrays.
     Inverse CDF by bisection on ``[0, total_count]`` with an accurate CDF.
+
+    Boundaries: ``p = 0`` (``p = 1``) is the point mass at 0 (at ``n``): ``log_prob`` of it is 0
+    with gradient ``-n`` (``+n``) in ``p`` (``d/dp log pmf(k) = k/p - (n - k)/(1 - p)``), other
+    values ``-inf``; ``total_count = 0`` is the point mass at 0. Traced invalid parameters
+    (``probs`` outside ``[0, 1]``, non-finite ``logits``, ``total_count`` not a non-negative
+    integer, NaN) make ``log_prob``, ``cdf``, ``icdf`` and ``sample`` NaN.
     """
 
     _param_names: ClassVar[tuple[str, ...]] = ("total_count", "probs", "logits")
@@ -756,6 +847,14 @@ class Binomial(_BinaryProbs, DiscreteDistribution):
     def batch_shape(self) -> Shape:
         return tuple(jnp.broadcast_shapes(self._total_count.shape, _param(self).shape))
 
+    def _param_checks(self) -> tuple[tuple[str, Array, str], ...]:
+        n = self._total_count
+        n_ok = _nonnegative(n) & (n == jnp.floor(n))
+        return (
+            ("total_count", jnp.broadcast_to(n_ok, self.batch_shape), "a non-negative integer"),
+            *self._binary_checks(),
+        )
+
     def _work(self) -> tuple[Array, Array, Array, Array, Array]:
         shape = self.batch_shape
         p, q = self._p_q()
@@ -770,15 +869,21 @@ class Binomial(_BinaryProbs, DiscreteDistribution):
         n, p, q, log_p, log_q = (v.astype(dtype) for v in self._work())
         shape = jnp.broadcast_shapes(k.shape, n.shape)
         args = (jnp.broadcast_to(v, shape) for v in (k.astype(dtype), n, p, q, log_p, log_q))
-        return _binomial_cdf(*args).astype(self.dtype)
+        return self._poison(_binomial_cdf(*args).astype(self.dtype))
 
     def icdf(self, u: ArrayLike) -> Array:
         """``min{k : P(K <= k) >= u}`` (exact; see :func:`_walk_icdf`)."""
         d = jax.tree_util.tree_map(lax.stop_gradient, self)
         dtype = _compute_dtype(d.dtype)
         u = jnp.asarray(u).astype(dtype)
-        n, p, q, log_p, log_q = (v.astype(dtype) for v in d._work())
-        return _binomial_icdf(u, n, p, q, log_p, log_q).astype(d.dtype)
+        valid = d._params_valid()
+        # Invalid elements run on harmless stand-ins (n = 1, p = 1/2) and are poisoned after.
+        stand_ins = (1.0, 0.5, 0.5, -math.log(2), -math.log(2))
+        n, p, q, log_p, log_q = (
+            jnp.where(valid, v.astype(dtype), s) for v, s in zip(d._work(), stand_ins, strict=True)
+        )
+        k = _binomial_icdf(u, n, p, q, log_p, log_q).astype(d.dtype)
+        return jnp.where(valid, k, jnp.nan)
 
     def log_prob(self, value: ArrayLike) -> Array:
         """Log mass of ``value`` (``-inf`` outside ``{0, ..., total_count}``)."""
@@ -786,7 +891,8 @@ class Binomial(_BinaryProbs, DiscreteDistribution):
         n, p, q, log_p, log_q = self._work()
         valid = (x >= 0) & (x <= n) & _is_integer(x)
         xs = jnp.where(valid, x, 0)
-        return jnp.where(valid, _binomial_log_pmf(xs, n, p, q, log_p, log_q), -jnp.inf)
+        lp = jnp.where(valid, _binomial_log_pmf(xs, n, p, q, log_p, log_q), -jnp.inf)
+        return self._poison(lp)
 
     @property
     def mean(self) -> Array:
@@ -808,26 +914,33 @@ class Binomial(_BinaryProbs, DiscreteDistribution):
 class Poisson(DiscreteDistribution):
     """Poisson distribution with mass ``rate**k exp(-rate) / k!``.
 
-    Parameterization: ``rate`` (> 0). Support: ``{0, 1, 2, ...}``; samples are integer-valued
-    float arrays. Inverse CDF by bisection on ``[0, rate + 9 sqrt(rate) + 40]`` (a bracket whose
-    upper tail is below ``2**-53``) with an accurate CDF.
+    Parameterization: ``rate`` (finite, >= 0). Support: ``{0, 1, 2, ...}``; samples are
+    integer-valued float arrays. Inverse CDF by bisection on ``[0, rate + 9 sqrt(rate) + 40]``
+    (a bracket whose upper tail is below ``2**-53``) with an accurate CDF.
+
+    Boundary: ``rate = 0`` is the point mass at 0 (``log_prob(0) = -rate = 0`` with gradient
+    -1, ``d/d rate cdf(k) = -pmf(k)``). Traced invalid ``rate`` (negative, non-finite, NaN)
+    makes ``log_prob``, ``cdf``, ``icdf`` and ``sample`` NaN.
     """
 
     _param_names: ClassVar[tuple[str, ...]] = ("rate",)
 
     def __init__(self, rate: ArrayLike) -> None:
         (rate,) = _float_params(rate)
-        _check_positive("Poisson", "rate", rate)
+        _check_nonnegative("Poisson", "rate", rate)
         self._rate = rate
 
     @property
     def rate(self) -> Array:
-        """Rate (mean) parameter, > 0."""
+        """Rate (mean) parameter, >= 0."""
         return self._rate
 
     @property
     def batch_shape(self) -> Shape:
         return tuple(self._rate.shape)
+
+    def _param_checks(self) -> tuple[tuple[str, Array, str], ...]:
+        return (("rate", _nonnegative(self._rate), "finite and >= 0"),)
 
     def cdf(self, k: ArrayLike) -> Array:
         """``P(K <= floor(k)) = Q(floor(k) + 1, rate)`` (0 for k < 0)."""
@@ -836,21 +949,23 @@ class Poisson(DiscreteDistribution):
         rate = self._rate.astype(dtype)
         shape = jnp.broadcast_shapes(k.shape, rate.shape)
         out = _poisson_cdf(jnp.broadcast_to(k, shape), jnp.broadcast_to(rate, shape))
-        return out.astype(self.dtype)
+        return self._poison(out.astype(self.dtype))
 
     def icdf(self, u: ArrayLike) -> Array:
         """``min{k : P(K <= k) >= u}`` (exact; see :func:`_walk_icdf`)."""
         dtype = _compute_dtype(self.dtype)
         rate = lax.stop_gradient(self._rate).astype(dtype)
         u = jnp.asarray(u).astype(dtype)
-        return _poisson_icdf(u, rate).astype(self.dtype)
+        valid = self._params_valid()
+        k = _poisson_icdf(u, jnp.where(valid, rate, 1)).astype(self.dtype)
+        return jnp.where(valid, k, jnp.nan)
 
     def log_prob(self, value: ArrayLike) -> Array:
         """Log mass of ``value`` (``-inf`` unless a non-negative integer)."""
         x = jnp.asarray(value).astype(self.dtype)
         valid = (x >= 0) & _is_integer(x)
         xs = jnp.where(valid, x, 0)
-        return jnp.where(valid, _poisson_log_pmf(xs, self._rate), -jnp.inf)
+        return self._poison(jnp.where(valid, _poisson_log_pmf(xs, self._rate), -jnp.inf))
 
     @property
     def mean(self) -> Array:
@@ -874,6 +989,15 @@ class Categorical(DiscreteDistribution):
     summing to 1 along the last axis; renormalized internally) or ``logits`` (finite,
     unnormalized log-probabilities). Support: int32 indices ``0 <= k < K``.
     Inverse CDF: the number of categories whose cumulative probability is below ``u``.
+
+    Boundaries: ``probs`` may contain zeros (categories that are never drawn; their
+    ``log_prob`` is ``-inf``); the log-probabilities of the others and their gradients in every
+    entry of ``probs`` stay finite and exact (``d/dp_i log(p_j / sum p) = [i = j]/p_j - 1/sum p``).
+    ``logits`` must be finite: a ``-inf`` logit is not accepted (use ``probs`` with a zero).
+    Traced invalid parameters (a negative, non-finite or NaN entry of ``probs``, a zero sum, a
+    non-finite logit) make ``log_prob`` and ``cdf`` NaN for that batch element, and ``icdf``
+    returns the out-of-range label ``K`` (``num_categories``; an int32 label cannot be NaN),
+    so ``sample`` gives ``K``.
     """
 
     _param_names: ClassVar[tuple[str, ...]] = ("probs", "logits")
@@ -907,6 +1031,16 @@ class Categorical(DiscreteDistribution):
     def _param(self) -> Array:
         return self._probs if self._probs is not None else self._logits
 
+    def _param_checks(self) -> tuple[tuple[str, Array, str], ...]:
+        if self._probs is not None:
+            p = self._probs
+            ok = jnp.all(_nonnegative(p), -1)
+            return (
+                ("probs", ok, "finite and >= 0"),
+                ("probs", jnp.sum(p, -1) > 0, "with a positive sum"),
+            )
+        return (("logits", jnp.all(_finite(self._logits), -1), "finite"),)
+
     @property
     def num_categories(self) -> int:
         """Number of categories ``K``."""
@@ -924,7 +1058,7 @@ class Categorical(DiscreteDistribution):
         """Normalized log-probabilities (``log_softmax``), shape ``batch_shape + (K,)``."""
         if self._logits is not None:
             return jax.nn.log_softmax(self._logits, -1)
-        return jnp.log(self._probs) - jnp.log(jnp.sum(self._probs, -1, keepdims=True))
+        return _safe_log(self._probs) - jnp.log(jnp.sum(self._probs, -1, keepdims=True))
 
     @property
     def batch_shape(self) -> Shape:
@@ -939,13 +1073,17 @@ class Categorical(DiscreteDistribution):
         return lower, upper
 
     def icdf(self, u: ArrayLike) -> Array:
-        """``min{k : P(K <= k) >= u}`` as a float index (categories with zero mass are skipped)."""
+        """``min{k : P(K <= k) >= u}`` as a float index (categories with zero mass are skipped).
+
+        ``K`` (= ``num_categories``, out of range) for batch elements with invalid parameters.
+        """
         d = jax.tree_util.tree_map(lax.stop_gradient, self)
         u = jnp.asarray(u).astype(d.dtype)[..., None]
         lower, upper = d._tails()
         passed = jnp.where(lower < 0.5, lower < u, upper > 1 - u)[..., :-1]
         k = jnp.sum(passed, -1, dtype=jnp.int32)
-        return jnp.minimum(k, self.num_categories - 1).astype(d.dtype)
+        k = jnp.minimum(k, self.num_categories - 1)
+        return jnp.where(d._params_valid(), k, self.num_categories).astype(d.dtype)
 
     def cdf(self, k: ArrayLike) -> Array:
         """``P(K <= floor(k))`` (0 for k < 0, 1 for k >= K - 1)."""
@@ -957,7 +1095,8 @@ class Categorical(DiscreteDistribution):
         idx = jnp.broadcast_to(idx, shape)[..., None]
         table = jnp.broadcast_to(lower, (*shape, num))
         value = jnp.take_along_axis(table, idx, -1)[..., 0]
-        return jnp.where(k < 0, 0, jnp.where(k >= num - 1, 1, value)).astype(self.dtype)
+        out = jnp.where(k < 0, 0, jnp.where(k >= num - 1, 1, value)).astype(self.dtype)
+        return self._poison(out)
 
     def value_from_index(self, k: ArrayLike) -> Array:
         """Index ``k`` as an int32 category label."""
@@ -976,7 +1115,7 @@ class Categorical(DiscreteDistribution):
         shape = jnp.broadcast_shapes(idx.shape, self.batch_shape)
         table = jnp.broadcast_to(logits, (*shape, self.num_categories))
         lp = jnp.take_along_axis(table, jnp.broadcast_to(idx, shape)[..., None], -1)[..., 0]
-        return jnp.where(valid, lp, -jnp.inf)
+        return self._poison(jnp.where(valid, lp, -jnp.inf))
 
     @property
     def mean(self) -> Array:
@@ -996,8 +1135,10 @@ class Categorical(DiscreteDistribution):
 class OneHotCategorical(Categorical):
     """Categorical distribution whose values are one-hot vectors of length ``K``.
 
-    Parameterization as :class:`Categorical`. Support: one-hot float vectors; event shape
-    ``(K,)``. The inverse-CDF interface works on category indices, as for ``Categorical``.
+    Parameterization, boundaries and invalid parameters as :class:`Categorical`. Support:
+    one-hot float vectors; event shape ``(K,)``. The inverse-CDF interface works on category
+    indices, as for ``Categorical``; ``value_from_index`` of an out-of-range index (the label
+    ``K`` that ``icdf`` returns for invalid parameters) is a NaN vector, so ``sample`` is NaN.
     """
 
     @property
@@ -1005,9 +1146,11 @@ class OneHotCategorical(Categorical):
         return (self.num_categories,)
 
     def value_from_index(self, k: ArrayLike) -> Array:
-        """One-hot encoding (float dtype) of the index ``k``."""
+        """One-hot encoding (float dtype) of the index ``k``; NaN vector if out of range."""
         index = jnp.asarray(k).astype(jnp.int32)
-        return jax.nn.one_hot(index, self.num_categories, dtype=self.dtype)
+        inside = (index >= 0) & (index < self.num_categories)
+        one_hot = jax.nn.one_hot(index, self.num_categories, dtype=self.dtype)
+        return jnp.where(inside[..., None], one_hot, jnp.asarray(jnp.nan, self.dtype))
 
     def index_from_value(self, x: ArrayLike) -> Array:
         """Index of the hot entry (argmax over the last axis) as a float."""
@@ -1017,7 +1160,7 @@ class OneHotCategorical(Categorical):
         """``sum(value * logits)`` over the last axis (entries equal to 0 contribute 0)."""
         x = jnp.asarray(value).astype(self.dtype)
         logits = self.logits
-        return jnp.sum(jnp.where(x != 0, x * logits, 0), -1)
+        return self._poison(jnp.sum(jnp.where(x != 0, x * logits, 0), -1))
 
     @property
     def mean(self) -> Array:
