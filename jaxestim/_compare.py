@@ -460,7 +460,12 @@ class ComparisonReport:
                 excluded[name] = why_not
             else:
                 if not unbiased:
-                    why += f"; its bias is undetectable at N = {n}, but {doc}"
+                    detail = (
+                        "exact on this program"
+                        if np.all(r.se_flat == 0)
+                        else f"its bias is undetectable at N = {n}"
+                    )
+                    why += f"; {detail}, but {doc}"
                 included[name] = why
 
         def cost(name: str) -> float:
@@ -607,8 +612,9 @@ class ComparisonReport:
         out.extend(line(r) for r in rows)
         out.extend(notes)
         out.append(
-            "work-norm var = per-sample variance x seconds per sample (smaller reaches a "
-            "target standard error sooner)"
+            "work-norm var = per-sample variance x seconds per sample (among unbiased "
+            "estimators, smaller reaches a target standard error sooner; .recommend() ranks "
+            "only those consistent with the exact value or documented unbiased)"
         )
         return "\n".join(out)
 
@@ -699,12 +705,16 @@ class ComparisonReport:
         figsize: tuple | None = None,
         work: bool = True,
         title: str | None = None,
+        xlim: tuple[float, float] | None = None,
     ) -> Any:
         """Histograms of the per-sample estimates of gradient coordinate ``coord``.
 
-        One panel per estimator, all with the same bins over one x range (the pooled
-        range of every estimator's samples, the means and the exact value) and one
+        One panel per estimator, all with the same ``bins`` over one x range and one
         density axis (``sharex``/``sharey``), so spreads and offsets compare at a glance.
+        The range is ``xlim`` if given (each panel's legend then counts its samples
+        outside it; densities stay normalized by all ``N`` samples), else the pooled range
+        of every estimator's samples, the means and the exact value -- so one heavy-tailed
+        estimator widens every panel; pass ``xlim`` to zoom in.
         The density axis is logarithmic when a panel is heavy-tailed (kurtosis > 20) or
         the panels' peak densities differ by more than 20x (e.g. a zero-variance spike
         beside a wide histogram). Each panel marks the mean with an error bar of ±1
@@ -740,15 +750,25 @@ class ComparisonReport:
             marks.append(self.exact_flat[coord])
         values = np.concatenate([*pooled, np.asarray(marks, dtype=np.float64)])
         values = values[np.isfinite(values)]
-        lo, hi = (float(values.min()), float(values.max())) if values.size else (-1.0, 1.0)
+        if xlim is not None:
+            lo, hi = float(xlim[0]), float(xlim[1])
+            if not lo < hi:
+                raise ValueError(f"plot: `xlim` must be (low, high) with low < high, got {xlim}")
+        elif values.size:
+            lo, hi = float(values.min()), float(values.max())
+        else:
+            lo, hi = -1.0, 1.0
         if hi - lo < 1e-12 * max(1.0, abs(hi)):
             lo, hi = lo - 0.5, hi + 0.5
         edges = np.linspace(lo, hi, bins + 1)
-        hists, heavy = {}, False
+        hists, outside, heavy = {}, {}, False
         for name, r in applicable.items():
             x = r.samples[:, coord]
             x = x[np.isfinite(x)]
-            hists[name] = np.histogram(x, bins=edges, density=True)[0] if x.size else None
+            counts = np.histogram(x, bins=edges)[0]
+            outside[name] = x.size - int(counts.sum())
+            # density with respect to all N samples (also those outside an `xlim`)
+            hists[name] = counts / (self.num_samples * np.diff(edges)) if x.size else None
             centered = x - np.mean(x) if x.size else x
             var = np.mean(centered**2) if x.size else 0.0
             heavy |= bool(var > 0 and np.mean(centered**4) / var**2 > 20.0)  # kurtosis
@@ -779,7 +799,10 @@ class ComparisonReport:
             first = first or ax
             h = hists[name]
             if h is not None:
-                ax.stairs(h, edges, fill=True, color="C0", alpha=0.7, label="per-sample estimates")
+                lab = "per-sample estimates"
+                if outside[name]:
+                    lab += f" ({outside[name]} outside the range)"
+                ax.stairs(h, edges, fill=True, color="C0", alpha=0.7, label=lab)
             mean, se = r.mean_flat[coord], r.se_flat[coord]
             ax.axvline(mean, color="C3", lw=1.0, alpha=0.6)
             ax.errorbar(
@@ -807,7 +830,8 @@ class ComparisonReport:
             ax.set_ylabel("density (log scale)" if log_y else "density")
             ax.legend(fontsize=7, loc="center right")
         if first is not None:
-            first.set_xlim(lo - 0.02 * (hi - lo), hi + 0.02 * (hi - lo))
+            pad = 0.0 if xlim is not None else 0.02 * (hi - lo)
+            first.set_xlim(lo - pad, hi + pad)
             if log_y:
                 first.set_yscale("log")
             else:

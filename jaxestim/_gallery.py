@@ -4,13 +4,16 @@ Each :class:`Program` bundles a program ``fun(key, params)``, the parameter valu
 it is differentiated, the exact gradient of ``E[fun]`` there -- computed independently of
 the estimators, by a closed form or by exact dynamic programming in NumPy float64 -- and
 the estimators that apply to it, keyed by a readable label. ``biased`` names the
-estimators that are biased on that program and why. The gallery drives
-``python -m jaxestim demo`` and is handy for trying a new estimator:
+estimators that are biased on that program and why (a program-specific statement; the
+general one, used when no exact gradient is known, is
+:data:`jaxestim._compare.UNBIASEDNESS`). The gallery drives ``python -m jaxestim demo`` and
+is handy for trying a new estimator:
 
     >>> from jaxestim._gallery import GALLERY
     >>> prog = GALLERY["bernoulli"]
     >>> report = je.compare(prog.fun, prog.params, prog.estimators, key=key,
     ...                     num_samples=10_000, exact=prog.exact)
+    >>> print(report.recommend())  # ranks only estimators consistent with prog.exact
 """
 
 from __future__ import annotations

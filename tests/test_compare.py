@@ -177,6 +177,13 @@ def test_report_plot(report):
     np.testing.assert_allclose(widths, expected, rtol=1e-12)
     assert f"recommended: {report.best()}" in work.get_title()
     assert len(report.plot(work=False).axes) == len(ESTS)
+    # zooming in: the bins span xlim and each legend counts the samples outside it
+    fig = report.plot(xlim=(0.0, 10.0), bins=10)
+    h0 = _hist_axes(fig)[0]
+    np.testing.assert_allclose(h0.patches[0].get_data().edges, np.linspace(0, 10, 11))
+    x = report["sf"].samples[:, 0]
+    n_out = int(np.sum((x < 0) | (x > 10)))
+    assert n_out > 0 and f"({n_out} outside the range)" in h0.get_legend_handles_labels()[1][0]
 
 
 def test_compare_pytree_params_and_zero_variance():
@@ -509,6 +516,12 @@ def test_gallery_exact_gradients():
         assert prog.description and prog.estimators
         assert set(prog.biased) <= set(prog.estimators)
         assert set(prog.notes) <= set(prog.estimators)
+        # every estimator not documented unbiased is explained for this program, and no
+        # documented-unbiased one is called biased
+        for label, est in prog.estimators.items():
+            unbiased = documented_unbiased(est)[0]
+            assert unbiased or label in prog.biased or label in prog.notes, (prog.name, label)
+            assert not (unbiased and label in prog.biased), (prog.name, label)
 
 
 def test_gallery_program_agrees_with_its_exact_gradient():
