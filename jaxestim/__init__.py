@@ -32,7 +32,7 @@ from jaxestim._estimators import (
     select,
     straight_through,
 )
-from jaxestim._handlers import fori_loop, sample, scan
+from jaxestim._handlers import cond, fori_loop, sample, scan, switch, while_loop
 from jaxestim._stochastic_ad import StochasticAD, StochasticTriple, stochastic_ad, stochastic_triple
 from jaxestim._transforms import grad, grad_samples, value_and_grad
 
@@ -54,6 +54,7 @@ __all__ = [
     "auto",
     "baselines",
     "compare",
+    "cond",
     "distributions",
     "finite_difference",
     "fori_loop",
@@ -70,5 +71,7 @@ __all__ = [
     "stochastic_triple",
     "straight_through",
     "sweep",
+    "switch",
     "value_and_grad",
+    "while_loop",
 ]

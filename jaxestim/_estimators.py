@@ -25,7 +25,7 @@ import jax.numpy as jnp
 
 from jaxestim import baselines as _baselines
 from jaxestim._errors import EstimatorError
-from jaxestim._handlers import Handler
+from jaxestim._handlers import Handler, mask_value
 from jaxestim._util import check_positive, concrete, fold_in_str, pytree_dataclass, static_field
 from jaxestim.distributions import Bernoulli, Categorical, Distribution, OneHotCategorical
 
@@ -200,7 +200,7 @@ class ScoreFunction(Estimator):
     def process_site(self, ctx, key, dist, sample_shape):
         ctx.check_score_estimator(self)
         x = jax.lax.stop_gradient(dist.sample(key, sample_shape))
-        ctx.add_score(self, jnp.sum(dist.log_prob(x)))
+        ctx.add_score(self, ctx.site_log_prob(dist, x))
         return x
 
 
@@ -311,19 +311,25 @@ jax.tree_util.register_pytree_node_class(ScoreFunction)
 class SurrogateHandler(Handler):
     """Handler for site-level estimators: runs sites, collects score-function log-probs.
 
-    ``groups`` (shared with loop children) lists the distinct score-function estimators
-    met; ``logp[i]`` is the summed log-probability of this sample's sites in group ``i``.
+    ``groups`` (shared with loop and branch children) lists the distinct score-function
+    estimators met; ``logp[i]`` is the summed log-probability of this sample's sites in
+    group ``i``. ``shared`` is created per trace of the program (:meth:`new_shared`).
     """
 
+    recording = True
+
     def __init__(self, estimator: Estimator, num_samples: int, shared: dict | None = None):
+        super().__init__()
         self.estimator = estimator
+        self.name = estimator.name
         self.num_samples = num_samples
         self.shared = self.new_shared(num_samples) if shared is None else shared
         self.logp: dict[int, jax.Array] = {}
+        self._mask: jax.Array | None = None
 
     @staticmethod
     def new_shared(num_samples: int) -> dict:
-        """State shared by one program trace and its loop children."""
+        """State shared by one program trace and its loop and branch children."""
         auto_baseline = "leave_one_out" if num_samples >= 2 else None
         return {"groups": [], "auto_score": ScoreFunction(baseline=auto_baseline)}
 
@@ -335,7 +341,7 @@ class SurrogateHandler(Handler):
     def auto_score(self) -> ScoreFunction:
         return self.shared["auto_score"]
 
-    def sample(self, key, dist, sample_shape, estimator):
+    def sample(self, key, dist, sample_shape, estimator, mask):
         est = self.estimator if estimator is None else estimator
         if not est.site_level:
             raise EstimatorError(
@@ -344,7 +350,19 @@ class SurrogateHandler(Handler):
                 f"je.score_function(), je.gumbel_softmax(), je.straight_through() or "
                 f"je.auto()"
             )
-        return est.process_site(self, key, dist, sample_shape)
+        self._mask = mask
+        try:
+            x = est.process_site(self, key, dist, sample_shape)
+        finally:
+            self._mask = None
+        return mask_value(x, mask)
+
+    def site_log_prob(self, dist: Distribution, x: jax.Array) -> jax.Array:
+        """The summed log-probability of a site's draws ``x``, without masked-out draws."""
+        lp = dist.log_prob(x)
+        if self._mask is not None:
+            lp = jnp.where(self._mask, lp, 0.0)
+        return jnp.sum(lp)
 
     def check_score_estimator(self, est: ScoreFunction) -> None:
         if est.has_state and est is not self.estimator:
@@ -356,21 +374,50 @@ class SurrogateHandler(Handler):
         est.check(self.num_samples)
 
     def add_score(self, est: ScoreFunction, logp: jax.Array) -> None:
+        self.check_recording_site(f"a je.{est.name}() sample site (it records log p)")
+        self._add(self._group(est), logp)
+
+    def _group(self, est: ScoreFunction) -> int:
         i = next((j for j, g in enumerate(self.groups) if g is est), None)
         if i is None:
             self.groups.append(est)
             i = len(self.groups) - 1
+        return i
+
+    def _add(self, i: int, logp: jax.Array) -> None:
         self.logp[i] = self.logp[i] + logp if i in self.logp else logp
 
+    # loops: per-iteration log-probs are stacked and summed
     def loop_child(self, state):
         return SurrogateHandler(self.estimator, self.num_samples, self.shared)
 
     def loop_outputs(self):
         return None, dict(self.logp)
 
-    def absorb_loop(self, state, stacked):
+    def absorb_loop(self, state, stacked, child, length):
         for i, v in stacked.items():
-            self.add_score(self.groups[i], jnp.sum(v, axis=0))
+            self._add(i, jnp.sum(v, axis=0))
+
+    # branches: the union of the groups any branch records, 0 where a branch records none
+    def branch_child(self, state, index, layout):
+        return self.loop_child(state)
+
+    def branch_layout(self, children):
+        layout: dict[int, Any] = {}
+        for c in children:
+            for i, v in c.probe_shapes.items():
+                layout[i] = jnp.result_type(layout.get(i, v.dtype), v.dtype)
+        return dict(sorted(layout.items()))
+
+    def branch_outputs(self, layout):
+        return None, {
+            i: jnp.asarray(self.logp[i], dt) if i in self.logp else jnp.zeros((), dt)
+            for i, dt in layout.items()
+        }
+
+    def absorb_branches(self, state, records, layout):
+        for i, v in records.items():
+            self._add(i, v)
 
 
 # --------------------------------------------------------------------------------------
@@ -379,12 +426,15 @@ class SurrogateHandler(Handler):
 
 
 class WholeProgramHandler(Handler):
-    """Plain sampling at every site; rejects per-site overrides."""
+    """Plain sampling at every site; rejects per-site overrides. One handler per program run."""
+
+    needs_bounded_loops = False
 
     def __init__(self, name: str):
+        super().__init__()
         self.name = name
 
-    def sample(self, key, dist, sample_shape, estimator):
+    def sample(self, key, dist, sample_shape, estimator, mask):
         if estimator is not None:
             raise EstimatorError(
                 f"je.{self.name}() is a whole-program estimator: sites take no per-site "
@@ -440,28 +490,38 @@ class FiniteDifference(Estimator):
             theta, self.num_directions, fold_in_str(key, "spsa"), jax.random.rademacher
         )
         n = dirs.shape[0]
-        with WholeProgramHandler(self.name):
-            f0, aux = call(key, theta)
 
-            def run(sign: float, offset: int) -> jax.Array:
-                if self.common_random_numbers:
-                    keys = jnp.broadcast_to(key, (n, *key.shape))
-                else:
-                    keys = jax.vmap(lambda j: jax.random.fold_in(key, j))(jnp.arange(n) + offset)
-                return jax.vmap(lambda k, v: call(k, theta + sign * h * v)[0])(keys, dirs)
+        def prog(k: jax.Array, th: jax.Array) -> tuple[jax.Array, Any]:
+            with WholeProgramHandler(self.name):
+                return call(k, th)
 
-            if self.scheme == "central":
-                d = (run(1.0, 1) - run(-1.0, 1 + n)) / (2 * h)
-            elif self.scheme == "forward":
-                d = (run(1.0, 1) - f0) / h
+        f0, aux = prog(key, theta)
+
+        def run(sign: float, offset: int) -> jax.Array:
+            if self.common_random_numbers:
+                keys = jnp.broadcast_to(key, (n, *key.shape))
             else:
-                d = (f0 - run(-1.0, 1)) / h
+                keys = jax.vmap(lambda j: jax.random.fold_in(key, j))(jnp.arange(n) + offset)
+            return jax.vmap(lambda k, v: prog(k, theta + sign * h * v)[0])(keys, dirs)
+
+        if self.scheme == "central":
+            d = (run(1.0, 1) - run(-1.0, 1 + n)) / (2 * h)
+        elif self.scheme == "forward":
+            d = (run(1.0, 1) - f0) / h
+        else:
+            d = (f0 - run(-1.0, 1)) / h
         return f0, gradient_from_directional(d, dirs, self.num_directions), aux
 
 
 def check_directions(owner: str, directions: str, random_kind: str, num: Any) -> None:
     """Validate ``directions`` ("coordinates" or ``random_kind``) and ``num_directions``."""
     allowed = ("coordinates", random_kind)
+    if not isinstance(directions, str):
+        raise TypeError(
+            f"{owner}: `directions` must be one of the strings {allowed}, got a "
+            f"{type(directions).__name__} (explicit direction matrices are not supported; "
+            f"use directions={random_kind!r} with num_directions=...)"
+        )
     if directions not in allowed:
         raise ValueError(f"{owner}: unknown `directions` {directions!r}; expected one of {allowed}")
     if directions == random_kind:

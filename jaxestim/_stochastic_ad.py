@@ -26,8 +26,13 @@ Per family this gives (``p`` the success probability, ``dp`` its directional der
   ``p`` jumps *down* at rate ``dp * k / (p (1 - p))``, decreasing ``p`` jumps up at rate
   ``-dp * (k + 1) / p``.
 * Categorical / OneHotCategorical: ``F(k) = sum_{j <= k} pi_j`` in the order of the
-  probability vector, so under inversion a sample can only move to the *adjacent indices*
-  ``k - 1`` and ``k + 1`` (never directly to a distant category), at the rates above.
+  probability vector. Under inversion a sample moves to the nearest category *with positive
+  mass* above or below (categories of zero mass are skipped: their CDF interval is empty),
+  at the rates above. At the boundary of the simplex a zero-mass category ``j`` whose
+  probability grows (``dpi_j > 0``) is reached too: the uniforms ``U`` leaving ``k`` are
+  split among the categories between ``k`` and the next positive-mass one by the perturbed
+  CDF ``F(j) + eps dF(j)``, which gives each its measure (see :func:`_categorical_rates`).
+  StochasticAD.jl makes the same choice of target.
 
 These are computed generically from forward-mode derivatives of each family's ``cdf``.
 
@@ -61,7 +66,7 @@ from jaxestim._estimators import (
     direction_matrix,
     gradient_from_directional,
 )
-from jaxestim._handlers import Handler
+from jaxestim._handlers import Handler, mask_value
 from jaxestim._util import check_key, fold_in_str, pytree_dataclass, static_field
 from jaxestim.distributions import (
     Bernoulli,
@@ -73,7 +78,12 @@ from jaxestim.distributions import (
 )
 
 _SUPPORTED = (Bernoulli, Binomial, Categorical, Geometric, OneHotCategorical, Poisson)
-_FIELDS = ("cdf_k", "cdf_km1", "logpmf", "k")
+
+# Record tables. "s": scalar-support families (jumps to k +- 1), one row per element with
+# the CDF at k and k - 1. "c": (OneHot)Categorical elements with the whole CDF row, since
+# with zero-mass categories a jump may skip indices (see the module docstring).
+_S_FIELDS = ("elem", "k", "cdf_k", "cdf_km1", "logpmf")
+_C_FIELDS = ("elem", "k", "row", "logpmf")
 
 
 def _check_site(dist, estimator) -> None:
@@ -94,87 +104,216 @@ def _flat(x: jax.Array) -> jax.Array:
     return jnp.reshape(x, (-1,))
 
 
-class _RecordHandler(Handler):
+def _empty_tables(dtype: Any = None) -> dict[str, dict[str, jax.Array]]:
+    dt = jnp.result_type(float) if dtype is None else dtype
+    e = jnp.zeros((0,), dt)
+    idx = jnp.zeros((0,), jnp.int32)
+    return {
+        "s": {"elem": idx, "k": e, "cdf_k": e, "cdf_km1": e, "logpmf": e},
+        "c": {"elem": idx, "k": e, "row": jnp.zeros((0, 1), dt), "logpmf": e},
+    }
+
+
+def _pad_rows(t: dict[str, jax.Array], width: int) -> dict[str, jax.Array]:
+    """Categorical table with CDF rows padded to ``width`` columns (with F = 1)."""
+    row = t["row"]
+    if row.shape[1] < width:
+        row = jnp.pad(row, ((0, 0), (0, width - row.shape[1])), constant_values=1.0)
+    return {**t, "row": row}
+
+
+def _concat(tables: list[dict[str, dict[str, jax.Array]]]) -> dict[str, dict[str, jax.Array]]:
+    """Concatenate record tables (categorical rows padded to the widest)."""
+    out = _empty_tables()
+    s = [t["s"] for t in tables]
+    c = [t["c"] for t in tables]
+    if s:
+        out["s"] = {f: jnp.concatenate([t[f] for t in s]) for f in _S_FIELDS}
+    if c:
+        width = max(t["row"].shape[1] for t in c)
+        c = [_pad_rows(t, width) for t in c]
+        out["c"] = {f: jnp.concatenate([t[f] for t in c]) for f in _C_FIELDS}
+    return out
+
+
+def _padding(shapes: dict[str, Any]) -> dict[str, dict[str, jax.Array]]:
+    """Rows that record nothing (zero mass, hence zero jump rate), shaped like ``shapes``."""
+    out = {}
+    for name, table in shapes.items():
+        out[name] = {}
+        for f, sd in table.items():
+            fill = {"elem": -1, "logpmf": -jnp.inf, "row": 1.0}.get(f, 0)
+            out[name][f] = jnp.full(sd.shape, fill, sd.dtype)
+    return out
+
+
+class _Counting(Handler):
+    """Numbers discrete elements in program order: ``base`` (traced in loops) + ``count``.
+
+    Loops add ``length * (elements per iteration)``; branches reserve the elements of every
+    branch (branch ``i`` starts after those of branches ``< i``), so record and replay
+    number elements identically whichever branch each takes.
+    """
+
+    recording = True  # both passes need the common branch layout
+    name = "stochastic_ad"
+
+    def __init__(self, base: Any = 0) -> None:
+        super().__init__()
+        self.base, self.count = base, 0
+        self.branch_index: int | None = None
+
+    def next_index(self) -> Any:
+        return self.base + self.count
+
+    def child(self, base: Any) -> _Counting:
+        raise NotImplementedError
+
+    def loop_state(self):
+        return jnp.asarray(self.next_index(), jnp.int32)
+
+    def loop_child(self, state):
+        return self.child(state)
+
+    def branch_child(self, state, index, layout):
+        start = 0 if layout is None else layout["starts"][index]
+        c = self.child(self.next_index() + start)
+        c.branch_index = index
+        return c
+
+    def _absorb_count(self, n: int) -> None:
+        self.count += n
+
+
+class _RecordHandler(_Counting):
     """Pass 1: sample, and record each discrete element's CDF values and log-pmf."""
 
-    def __init__(self) -> None:
-        self.items: list[dict[str, jax.Array]] = []
+    def __init__(self, base: Any = 0) -> None:
+        super().__init__(base)
+        self.parts: list[dict[str, dict[str, jax.Array]]] = []
 
-    def sample(self, key, dist, sample_shape, estimator):
+    def child(self, base):
+        return _RecordHandler(base)
+
+    def sample(self, key, dist, sample_shape, estimator, mask):
         _check_site(dist, estimator)
         if not dist.is_discrete:
-            return dist.rsample(key, sample_shape)
+            return mask_value(dist.rsample(key, sample_shape), mask)
+        self.check_recording_site("a discrete sample site under je.stochastic_ad()")
         u = dist.uniforms(key, sample_shape)
         k = jax.lax.stop_gradient(dist.icdf(u))
         value = dist.value_from_index(k)
-        self.items.append(
-            {
+        logpmf = dist.log_prob(value)
+        if mask is not None:
+            logpmf = jnp.where(mask, logpmf, -jnp.inf)
+        n = k.size
+        part = _empty_tables(logpmf.dtype)
+        elem = self.next_index() + jnp.arange(n, dtype=jnp.int32)
+        if isinstance(dist, Categorical):
+            num = dist.num_categories
+            row = jnp.cumsum(dist.probs, -1)
+            row = jnp.where(jnp.arange(num) >= num - 1, jnp.ones_like(row), row)
+            row = jnp.broadcast_to(row, (*k.shape, num)).reshape(n, num)
+            part["c"] = {"elem": elem, "k": _flat(k), "row": row, "logpmf": _flat(logpmf)}
+        else:
+            part["s"] = {
+                "elem": elem,
+                "k": _flat(k),
                 "cdf_k": _flat(dist.cdf(k)),
                 "cdf_km1": _flat(dist.cdf(k - 1)),
-                "logpmf": _flat(dist.log_prob(value)),
-                "k": _flat(k),
+                "logpmf": _flat(logpmf),
             }
-        )
+        self.parts.append(part)
+        self.count += n
         return value
 
-    def records(self) -> dict[str, jax.Array]:
-        """All elements' records in program order, loops iteration-major, as 1-D arrays."""
-        if not self.items:
-            z = jnp.zeros((0,), jnp.result_type(float))
-            return dict.fromkeys(_FIELDS, z)
-        return {f: jnp.concatenate([it[f] for it in self.items]) for f in _FIELDS}
-
-    def loop_child(self, state):
-        return _RecordHandler()
+    def records(self) -> dict[str, dict[str, jax.Array]]:
+        """All elements' records in program order (loops iteration-major)."""
+        return _concat(self.parts)
 
     def loop_outputs(self):
-        return None, (self.records() if self.items else None)
+        return jnp.asarray(self.next_index(), jnp.int32), self.records()
 
-    def absorb_loop(self, state, stacked):
-        if stacked is not None:  # (T, per-iteration size) -> iteration-major flat
-            self.items.append({f: _flat(v) for f, v in stacked.items()})
+    def absorb_loop(self, state, stacked, child, length):
+        flat = jax.tree_util.tree_map(lambda v: v.reshape((-1, *v.shape[2:])), stacked)
+        self.parts.append(flat)
+        self.count += length * child.count
+
+    def branch_layout(self, children):
+        shapes = [c.probe_shapes for c in children]
+        starts, total = [], 0
+        for c in children:
+            starts.append(total)
+            total += c.count
+        width = max(sh["c"]["row"].shape[1] for sh in shapes)
+        dtype = jnp.result_type(*(sh["s"]["logpmf"].dtype for sh in shapes))
+        return {"starts": starts, "total": total, "shapes": shapes, "width": width, "dtype": dtype}
+
+    def branch_outputs(self, layout):
+        own = self.records()
+        parts = []
+        for i, sh in enumerate(layout["shapes"]):
+            parts.append(own if i == self.branch_index else _padding(sh))
+        out = _concat(parts)
+        out["c"] = _pad_rows(out["c"], layout["width"])
+        out = jax.tree_util.tree_map(
+            lambda v: v if v.dtype == jnp.int32 else v.astype(layout["dtype"]), out
+        )
+        return None, out
+
+    def absorb_branches(self, state, records, layout):
+        self.parts.append(records)
+        self.count += layout["total"]
 
 
-class _ReplayHandler(Handler):
-    """Pass 2: the same randomness, with flat discrete element ``elem`` set to ``target``."""
+class _ReplayHandler(_Counting):
+    """Pass 2: the same randomness, with discrete element ``elem`` set to index ``target``."""
 
     def __init__(self, elem: jax.Array, target: jax.Array, base: Any = 0) -> None:
+        super().__init__(base)
         self.elem, self.target = elem, target
-        self.base, self.offset = base, 0
 
-    def sample(self, key, dist, sample_shape, estimator):
+    def child(self, base):
+        return _ReplayHandler(self.elem, self.target, base)
+
+    def sample(self, key, dist, sample_shape, estimator, mask):
         _check_site(dist, estimator)
         if not dist.is_discrete:
             return dist.rsample(key, sample_shape)
         k = jax.lax.stop_gradient(dist.icdf(dist.uniforms(key, sample_shape)))
-        local = self.elem - (self.base + self.offset)
+        local = self.elem - self.next_index()
         idx = jnp.arange(k.size).reshape(k.shape)
         k = jnp.where(idx == local, jnp.asarray(self.target, k.dtype), k)
-        self.offset += k.size
+        self.count += k.size
         return dist.value_from_index(k)
 
-    def loop_state(self):
-        return jnp.asarray(self.base + self.offset, jnp.int32)
-
-    def loop_child(self, state):
-        return _ReplayHandler(self.elem, self.target, state)
-
     def loop_outputs(self):
-        return jnp.asarray(self.base + self.offset, jnp.int32), None
+        return jnp.asarray(self.next_index(), jnp.int32), None
 
-    def absorb_loop(self, state, stacked):
-        self.base, self.offset = state, 0
+    def absorb_loop(self, state, stacked, child, length):
+        self.count += length * child.count
+
+    def branch_layout(self, children):
+        starts, total = [], 0
+        for c in children:
+            starts.append(total)
+            total += c.count
+        return {"starts": starts, "total": total}
+
+    def absorb_branches(self, state, records, layout):
+        self.count += layout["total"]
 
 
 @jax.tree_util.register_pytree_node_class
 @dataclass(frozen=True)
 class StochasticTriple:
-    r"""A stochastic triple ``value + delta*eps + (alternative with probability weight*eps)``.
+    r"""A stochastic triple ``value + delta*eps + (change with probability weight*eps)``.
 
     The derivative information of one run of a program with discrete randomness along one
     direction: ``value`` is the primal output, ``delta`` its infinitesimal (pathwise)
     change, and with probability ``weight * eps`` the output instead jumps to
-    ``alternative``. :meth:`derivative_contribution` is the unbiased single-run estimate
+    ``alternative`` (by ``change = alternative - value``, which is what it prints, as
+    StochasticAD.jl does: ``3 + 0ε + (1 with probability 2.0ε)`` is 3 jumping to 4). :meth:`derivative_contribution` is the unbiased single-run estimate
     ``delta + weight * (alternative - value)`` of the derivative of the expectation.
     """
 
@@ -194,6 +333,11 @@ class StochasticTriple:
         """``delta + weight * (alternative - value)``, an unbiased derivative estimate."""
         return self.delta + self.weight * (self.alternative - self.value)
 
+    @property
+    def change(self) -> jax.Array:
+        """The jump ``alternative - value`` (StochasticAD.jl prints this)."""
+        return self.alternative - self.value
+
     def __repr__(self) -> str:
         try:
             v, d, a, w = (float(x) for x in (self.value, self.delta, self.alternative, self.weight))
@@ -207,12 +351,46 @@ class StochasticTriple:
             ws = f"{w:.6g}"
             if not any(c in ws for c in ".en"):
                 ws += ".0"
-            s += f" + ({_num(a)} with probability {ws}ε)"
+            s += f" + ({_num(a - v)} with probability {ws}ε)"
         return s
 
 
 def _num(x: float) -> str:
     return str(int(x)) if float(x).is_integer() else f"{x:.6g}"
+
+
+def _categorical_rates(t: dict[str, jax.Array], drow: jax.Array) -> jax.Array:
+    """Jump rates ``(M, K)`` from each categorical element to every category.
+
+    With the CDF row ``F`` and its directional derivative ``D``, an up-jump from ``k``
+    lands in ``j > k`` (all categories strictly between them of zero mass) for a set of
+    uniforms of measure ``max(0, min(0, D_j if p_j = 0 else inf) - max(D_k, D_{j-1}))``, a
+    down-jump in ``j < k`` for ``max(0, min(D_{k-1}, D_j) - max(0, D_{j-1} if p_j = 0 else
+    -inf))``; divided by ``p_k``. Without zero-mass categories only ``k +- 1`` are reached.
+    """
+    row, k, logpmf = t["row"], t["k"], t["logpmf"]
+    m, num = row.shape
+    j = jnp.arange(num, dtype=k.dtype)[None, :]
+    kk = k[:, None].astype(jnp.int32)
+    zeros = jnp.zeros((m, 1), row.dtype)
+    f_prev = jnp.concatenate([zeros, row[:, :-1]], 1)
+    d_prev = jnp.concatenate([zeros, drow[:, :-1]], 1)
+    zero_mass = row == f_prev
+    f_k = jnp.take_along_axis(row, kk, 1)
+    d_k = jnp.take_along_axis(drow, kk, 1)
+    f_km1 = jnp.take_along_axis(f_prev, kk, 1)
+    d_km1 = jnp.take_along_axis(d_prev, kk, 1)
+    upper = jnp.where(zero_mass, drow, jnp.inf)
+    up = jnp.maximum(0.0, jnp.minimum(0.0, upper) - jnp.maximum(d_k, d_prev))
+    lower = jnp.where(zero_mass, d_prev, -jnp.inf)
+    down = jnp.maximum(0.0, jnp.minimum(d_km1, drow) - jnp.maximum(0.0, lower))
+    measure = jnp.where(
+        (j > k[:, None]) & (f_prev == f_k),
+        up,
+        jnp.where((j < k[:, None]) & (row == f_km1), down, 0),
+    )
+    pmf = jnp.exp(logpmf)[:, None]
+    return jnp.where(pmf > 0, measure / jnp.where(pmf > 0, pmf, 1.0), 0.0)
 
 
 def _triple(call, key, theta, v, select_key) -> tuple[StochasticTriple, Any]:
@@ -223,22 +401,29 @@ def _triple(call, key, theta, v, select_key) -> tuple[StochasticTriple, Any]:
         with h:
             f, aux = call(key, th)
         r = h.records()
-        return (f, r["cdf_k"], r["cdf_km1"]), (aux, r["logpmf"], r["k"])
+        s, c = r["s"], r["c"]
+        return (f, s["cdf_k"], s["cdf_km1"], c["row"]), (aux, r)
 
-    (f, _, _), (df, dfk, dfkm1), (aux, logpmf, k) = jax.jvp(prog, (theta,), (v,), has_aux=True)
-    m = k.shape[0]
-    if m == 0:
+    (f, _, _, _), (df, dfk, dfkm1, drow), (aux, r) = jax.jvp(prog, (theta,), (v,), has_aux=True)
+    s, c = r["s"], r["c"]
+    if s["k"].shape[0] + c["k"].shape[0] == 0:
         return StochasticTriple(f, df, f, jnp.zeros_like(f)), aux
-    pmf = jnp.exp(logpmf)
+    pmf = jnp.exp(s["logpmf"])
     safe = jnp.where(pmf > 0, pmf, 1.0)
     up = jnp.where(pmf > 0, jnp.maximum(-dfk, 0.0) / safe, 0.0)
     down = jnp.where(pmf > 0, jnp.maximum(dfkm1, 0.0) / safe, 0.0)
-    rates = jnp.concatenate([up, down])
+    cat = _categorical_rates(c, drow)
+    num = cat.shape[1]
+    rates = jnp.concatenate([up, down, cat.reshape(-1)])
+    elems = jnp.concatenate([s["elem"], s["elem"], jnp.repeat(c["elem"], num)])
+    targets = jnp.concatenate(
+        [s["k"] + 1, s["k"] - 1, jnp.tile(jnp.arange(num, dtype=c["k"].dtype), c["k"].shape[0])]
+    )
     total = jnp.sum(rates)
     u = jax.random.uniform(select_key, (), rates.dtype)
-    j = jnp.clip(jnp.searchsorted(jnp.cumsum(rates), u * total, side="right"), 0, 2 * m - 1)
-    elem = jnp.where(total > 0, j % m, -1)
-    target = jnp.where(j < m, k[j % m] + 1, k[j % m] - 1)
+    j = jnp.clip(jnp.searchsorted(jnp.cumsum(rates), u * total, side="right"), 0, rates.size - 1)
+    elem = jnp.where(total > 0, elems[j], -1)
+    target = targets[j]
     with _ReplayHandler(elem, target):
         f_alt, _ = call(key, theta)
     f_alt = jnp.where(total > 0, f_alt, f)
