@@ -13,7 +13,8 @@ straight-through, finite differences, StochasticAD-style), composes with ``jax.j
 """
 
 from jaxestim import baselines, distributions
-from jaxestim._compare import ComparisonReport, SweepResult, compare, sweep
+from jaxestim._check import CheckReport, Finding, check
+from jaxestim._compare import ComparisonReport, Recommendation, SweepResult, compare, sweep
 from jaxestim._errors import EstimatorError
 from jaxestim._estimators import (
     Auto,
@@ -40,12 +41,15 @@ __version__ = "0.1.0"
 
 __all__ = [
     "Auto",
+    "CheckReport",
     "ComparisonReport",
     "Estimator",
     "EstimatorError",
+    "Finding",
     "FiniteDifference",
     "GumbelSoftmax",
     "Pathwise",
+    "Recommendation",
     "ScoreFunction",
     "StochasticAD",
     "StochasticTriple",
@@ -53,6 +57,7 @@ __all__ = [
     "SweepResult",
     "auto",
     "baselines",
+    "check",
     "compare",
     "cond",
     "distributions",

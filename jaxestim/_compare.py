@@ -33,6 +33,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.flatten_util import ravel_pytree
 
+from jaxestim._check import check
 from jaxestim._errors import EstimatorError
 from jaxestim._estimators import Estimator
 from jaxestim._transforms import grad_samples
@@ -286,6 +287,9 @@ class EstimatorResult:
       compile_s: seconds to lower and compile the jitted ``grad_samples``.
       seconds_per_sample: median wall time of the compiled function / ``N``.
       work_normalized_variance: mean per-coordinate variance times ``seconds_per_sample``.
+      check: the :func:`jaxestim.check` report of the program under this estimator
+        (parameter-dependent values reaching comparisons, rounding, integer casts, argmax
+        or ``jax.random`` draws, where the gradient is silently lost).
     """
 
     name: str
@@ -303,6 +307,7 @@ class EstimatorResult:
     compile_s: float | None = None
     seconds_per_sample: float | None = None
     work_normalized_variance: float | None = None
+    check: Any = None
 
 
 _COLUMNS = (
@@ -448,6 +453,13 @@ class ComparisonReport:
             if not r.applicable:
                 excluded[name] = f"not applicable: {r.message}"
                 continue
+            if r.check is not None and r.check.errors:
+                f0 = r.check.errors[0]
+                excluded[name] = (
+                    f"je.check found {len(r.check.errors)} place(s) where the gradient is "
+                    f"silently lost under this estimator (first: {f0.kind} at {f0.source})"
+                )
+                continue
             unbiased, doc = documented_unbiased(r.estimator)
             if exact is None:
                 if unbiased:
@@ -574,6 +586,12 @@ class ComparisonReport:
             if multi:
                 row.insert(3, _fmt(r.std_rms))
             rows.append(row)
+            if r.check is not None and r.check.findings:
+                for fd in r.check.findings:
+                    notes.append(
+                        f"{name}: je.check {fd.severity}: {fd.kind} ({fd.primitive}) at "
+                        f"{fd.source}; {fd.suggestion}"
+                    )
         return header, rows, notes
 
     def _preamble(self, coord: int) -> list[str]:
@@ -942,6 +960,10 @@ def compare(
       title: optional heading for the printed table and the plot.
       progress: called with the estimator's name before it runs (e.g. for a progress line).
 
+    Each estimator's program is also inspected by :func:`jaxestim.check`; its findings
+    are listed under the table and an estimator with a finding of severity "error" is
+    never recommended (:meth:`ComparisonReport.recommend`).
+
     Returns:
       A :class:`ComparisonReport`. Estimators that raise :class:`jaxestim.EstimatorError`
       for this program (e.g. pathwise at a discrete site) are recorded as not applicable
@@ -974,6 +996,7 @@ def compare(
         except EstimatorError as e:
             results[name] = EstimatorResult(name, est, applicable=False, message=str(e))
             continue
+        report = check(fun, key, *args, estimator=est, argnums=argnums)
         out = jax.block_until_ready(compiled(key, *args))
         seconds = _median_time(lambda: compiled(key, *args), repeats)
         one = jax.tree_util.tree_map(lambda a: a[0], out)
@@ -1012,6 +1035,7 @@ def compare(
             compile_s=compile_s,
             seconds_per_sample=per_sample_s,
             work_normalized_variance=float(np.mean(std**2)) * per_sample_s,
+            check=report,
         )
     if num_coords is None:
         msgs = "; ".join(f"{n}: {r.message}" for n, r in results.items())

@@ -313,7 +313,8 @@ class StochasticTriple:
     direction: ``value`` is the primal output, ``delta`` its infinitesimal (pathwise)
     change, and with probability ``weight * eps`` the output instead jumps to
     ``alternative`` (by ``change = alternative - value``, which is what it prints, as
-    StochasticAD.jl does: ``3 + 0ε + (1 with probability 2.0ε)`` is 3 jumping to 4). :meth:`derivative_contribution` is the unbiased single-run estimate
+    StochasticAD.jl does: ``3 + 0ε + (1 with probability 2.0ε)`` is 3 jumping to 4).
+    :meth:`derivative_contribution` is the unbiased single-run estimate
     ``delta + weight * (alternative - value)`` of the derivative of the expectation.
     """
 

@@ -532,3 +532,17 @@ def test_gallery_program_agrees_with_its_exact_gradient():
     assert rep.num_coords == 4
     assert np.all(np.abs(rep["sf"].z_flat) < 5), rep["sf"].z_flat
     assert np.all(rep["sf"].se_flat < 0.05)
+
+
+def test_compare_shows_check_findings_and_never_recommends_them():
+    # f = 1[x > 0], x ~ N(theta, 1): pathwise gives exactly 0 (true: pdf(theta) = 0.352 at 0.5)
+    def step(key, theta):
+        x = je.sample(key, D.Normal(theta, 1.0))
+        return (x > 0).astype(float)
+
+    est = {"pw": je.pathwise(), "loo": je.score_function("leave_one_out")}
+    rep = je.compare(step, 0.5, est, key=jax.random.key(0), num_samples=500)
+    assert rep["pw"].check.errors and not rep["loo"].check.findings
+    assert "je.check error: comparison" in str(rep)
+    rec = rep.recommend()  # no exact value: pathwise is documented unbiased, but not here
+    assert rec.name == "loo" and "je.check" in rec.excluded["pw"]
