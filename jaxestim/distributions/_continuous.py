@@ -57,6 +57,20 @@ def _value(value: ArrayLike, dtype: np.dtype) -> Array:
     return jnp.asarray(value).astype(dtype)
 
 
+def _betaln(a: Array, b: Array) -> Array:
+    """``log B(a, b)`` as ``jax.scipy.special.betaln``, with finite gradients for tiny arguments.
+
+    ``jax.scipy.special.betaln`` selects between ``lgamma`` differences (``max(a, b) < 8``) and
+    an asymptotic branch whose gradient is NaN at tiny arguments, which leaks through its
+    ``jnp.where``; here the asymptotic branch only sees safe arguments where it is not used.
+    """
+    lo, hi = jnp.minimum(a, b), jnp.maximum(a, b)
+    small = hi < 8
+    direct = jsp_special.gammaln(lo) + (jsp_special.gammaln(hi) - jsp_special.gammaln(lo + hi))
+    large = jsp_special.betaln(jnp.where(small, 1, lo), jnp.where(small, 8, hi))
+    return jnp.where(small, direct, large)
+
+
 class _LocScale(ContinuousDistribution):
     """Location-scale family ``X = loc + scale * Z`` with ``Z`` a standard variate."""
 
@@ -396,10 +410,17 @@ class Gamma(ContinuousDistribution):
         return jax.random.gamma(key, a, shape, self.dtype) / self._rate
 
     def log_prob(self, value: ArrayLike) -> Array:
-        """Log density of ``value`` (NaN where the parameters are invalid)."""
+        """Log density of ``value`` (``-inf`` for ``value < 0``; NaN where parameters are invalid).
+
+        ``a log(rate) + (a - 1) log(x) - rate x - lgamma(a)``: the gradient in ``rate`` is
+        ``a / rate - x`` without cancellation (exact as ``a -> 0``).
+        """
         x = _value(value, self.dtype)
-        lp = jsp_stats.gamma.logpdf(x * self._rate, self._concentration) + jnp.log(self._rate)
-        return self._poison(lp)
+        a, rate = self._concentration, self._rate
+        negative = x < 0
+        xs = jnp.where(negative, 1, x)
+        lp = a * jnp.log(rate) + jsp_special.xlogy(a - 1, xs) - rate * xs - jsp_special.gammaln(a)
+        return self._poison(jnp.where(negative, -jnp.inf, lp))
 
     @property
     def mean(self) -> Array:
@@ -459,7 +480,11 @@ class Beta(ContinuousDistribution):
     def log_prob(self, value: ArrayLike) -> Array:
         """Log density of ``value`` (NaN where the parameters are invalid)."""
         x = _value(value, self.dtype)
-        return self._poison(jsp_stats.beta.logpdf(x, self._concentration1, self._concentration0))
+        a, b = self._concentration1, self._concentration0
+        inside = (x >= 0) & (x <= 1)
+        xs = jnp.where(inside, x, 0.5)
+        lp = jsp_special.xlogy(a - 1, xs) + jsp_special.xlog1py(b - 1, -xs) - _betaln(a, b)
+        return self._poison(jnp.where(inside, lp, -jnp.inf))
 
     @property
     def mean(self) -> Array:
