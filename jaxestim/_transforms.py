@@ -134,6 +134,42 @@ def _nan_where_value_nan(value: jax.Array, grads: Any) -> Any:
     return jax.tree_util.tree_map(mask, grads)
 
 
+def _functional_checks(fn: Callable) -> Callable:
+    """``fn(*a) -> out`` as ``(*a) -> (out, err)`` with ``validate=True`` site checks made data.
+
+    ``checkify`` drops a check inside a ``lax.scan`` (``je.scan``) that is differentiated in
+    reverse mode, so under validation the program is checkified *inside* the derivative and
+    its error state leaves as an auxiliary output, to be re-raised with :func:`_rethrow`
+    outside it. ``err`` is ``None`` when validation is off (no cost).
+    """
+    if not _validation.active():
+        return lambda *a: (fn(*a), None)
+
+    def wrapped(*a: Any) -> tuple[Any, Any]:
+        err, out = checkify.checkify(fn)(*a)
+        return out, err
+
+    return wrapped
+
+
+def _rethrow(err: Any) -> None:
+    if err is not None:
+        checkify.check_error(err)
+
+
+def _value_and_grad_checked(loss: Callable, diff: Any) -> tuple[tuple[Any, Any], Any]:
+    """``jax.value_and_grad(loss, has_aux=True)(diff)`` keeping ``validate=True`` checks."""
+    checked = _functional_checks(loss)
+
+    def loss_err(d: Any) -> tuple[jax.Array, tuple[Any, Any]]:
+        (s, aux), err = checked(d)
+        return s, (aux, err)
+
+    (s, (aux, err)), g = jax.value_and_grad(loss_err, has_aux=True)(diff)
+    _rethrow(err)
+    return (s, aux), g
+
+
 def _throw_callback(err: Any) -> np.ndarray:
     err.throw()
     return np.asarray(True)
@@ -477,7 +513,7 @@ class _Run:
                         s = self.combine(f, logp, groups, total, state)
                         return s[0], (f[0], jax.tree_util.tree_map(lambda a: a[0], aux))
 
-                    (s, (f, aux)), g = jax.value_and_grad(loss, has_aux=True)(diff)
+                    (s, (f, aux)), g = _value_and_grad_checked(loss, diff)
                     return g, s, f, aux
 
                 g, s, f, aux = jax.vmap(one)(kc)
@@ -492,7 +528,7 @@ class _Run:
                     tot = jax.lax.stop_gradient(jnp.sum(f)) if total is None else total
                     return jnp.sum(self.combine(f, logp, groups, tot, state)), (f, aux)
 
-                (s, (f, aux)), g = jax.value_and_grad(loss, has_aux=True)(diff)
+                (s, (f, aux)), g = _value_and_grad_checked(loss, diff)
                 return (g, s), (f, aux)
 
             (gsum, ssum), (f, aux) = _scan_chunks(fn, keys, self.chunk_size)
@@ -512,8 +548,13 @@ class _Run:
         def call(k, th):
             return self.eval(k, unravel(th))
 
+        def one(k):
+            out, err = _functional_checks(lambda k: est.per_sample(call, k, theta))(k)
+            _rethrow(err)
+            return out
+
         def fn(kc):
-            f, g, aux = jax.vmap(lambda k: est.per_sample(call, k, theta))(kc)
+            f, g, aux = jax.vmap(one)(kc)
             if self.kind == "grad_samples":
                 return None, (g, f, aux)
             return jnp.sum(g, axis=0), (f, aux)
@@ -534,12 +575,42 @@ _COMMON_DOC = """
         (loops through :func:`jaxestim.scan` / :func:`jaxestim.fori_loop`).
       estimator: a jaxestim estimator; ``None`` means :func:`jaxestim.auto`.
       argnums: which positional argument(s) of ``fun`` to differentiate (``>= 1``; 0 is
-        the key). Any pytree of floating arrays.
+        the key). Any pytree, e.g. an ``equinox.Module``: as with ``equinox.filter_grad``
+        its floating leaves (floating/complex arrays and Python floats) are differentiated
+        and every other leaf (functions such as ``jax.nn.relu``, strings, ``None``, Python
+        ints, integer/bool arrays) passes through unchanged and is ``None`` in the returned
+        gradient pytree (integer leaves used to raise ``TypeError``). An argument with no
+        floating leaf at all raises ``TypeError``. Non-array leaves of all arguments are
+        static (part of the compilation key; unhashable ones disable the cache).
       num_samples: ``N`` Monte Carlo samples; the key is split into ``N`` per-sample keys.
       chunk_size: evaluate at most this many samples at once (``lax.scan`` over chunks);
         the result does not depend on it beyond floating-point summation order.
       has_aux: ``fun`` returns ``(value, aux)``; per-sample ``aux`` is returned stacked on
         a leading axis of size ``N``.
+      validate: checked mode. Every :func:`jaxestim.sample` site checks its distribution's
+        parameters at run time (``jax.experimental.checkify``) and a failure raises an error
+        naming the site, e.g. ``je.sample: Bernoulli parameter `probs` must be in [0, 1],
+        got 1.5``: eagerly a ``ValueError`` (``checkify.JaxRuntimeError``); under an
+        enclosing ``jax.jit`` / ``vmap`` / ``grad`` a ``jax.errors.JaxRuntimeError`` raised
+        when the compiled code runs (its message contains the check's), with the outputs
+        NaN-poisoned so a failed validation is never silently used. Valid programs give
+        bit-identical results; the cost is reported by ``benchmarks/validate_cost.py``.
+
+    Invalid parameters: out-of-range or NaN parameters give a NaN value and a NaN
+    gradient. Whenever the estimated value is NaN the gradient is NaN as well (per sample
+    for :func:`grad_samples`, for the mean otherwise), never a finite number.
+
+    Higher derivatives: the result may be differentiated again (``jax.grad``,
+    ``jax.hessian``, ``jax.jacfwd``, ``jax.jvp``, also through ``jax.jit``) when the estimator
+    is :func:`jaxestim.score_function` (a DiCE surrogate: unbiased derivatives of every
+    order, see ``_Run.combine``), :func:`jaxestim.pathwise` or :func:`jaxestim.auto` --
+    including the value of :func:`value_and_grad`, whose derivative is the estimator's
+    gradient. Estimates of :func:`jaxestim.straight_through`,
+    :func:`jaxestim.gumbel_softmax` (at discrete sites, also as per-site overrides),
+    :func:`jaxestim.finite_difference` and :func:`jaxestim.stochastic_ad` raise
+    :class:`jaxestim.EstimatorError` at trace time when differentiated again (their
+    derivatives would be silently biased); first-order use, ``jax.jit`` and ``jax.vmap``
+    are unaffected. Cost of a second derivative: about one more forward-over-reverse pass.
 
     The returned function is ``g(key, *args, estimator_state=None)``. When the estimator
     is stateful (a score function with a :class:`jaxestim.baselines.MovingAverage`
@@ -563,7 +634,10 @@ def grad(
     The estimate is the mean over ``num_samples`` per-sample estimates, computed without
     materializing them (for site-level estimators, one reverse pass over the batched
     surrogate). Equals ``mean(grad_samples(...))`` for the same key. Returns grads, or
-    ``(grads, aux)`` with ``has_aux``.
+    ``(grads, aux)`` with ``has_aux``. Bias/variance: those of the estimator, variance
+    divided by ``N``. Cost: ``N`` times the estimator's per-sample cost (about one forward
+    and one backward pass for site-level estimators), memory ``O(P + C * activations)``
+    with ``C = chunk_size or N``.
     """
     return _Transformed(fun, estimator, argnums, num_samples, chunk_size, has_aux, "grad", validate)
 
