@@ -23,7 +23,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 import scipy.special as sps
+from _stats import assert_unbiased
 
+import jaxestim as je
 import jaxestim.distributions as D
 
 KEY = jax.random.key(7)
@@ -634,3 +636,155 @@ def test_multivariate_normal(dtype):
         return np.array(lp), (np.array(d_mu), np.array(d_tril))
 
     _check_continuous(D.MultivariateNormal, [loc, trils], value, refs, dtype, invalid, 1)
+
+
+# --------------------------------------------------------------------------------------------
+# Estimators at boundary parameters
+# --------------------------------------------------------------------------------------------
+#
+# d/dtheta E[f] at a boundary is the one-sided derivative from inside the parameter space.
+# When the support changes there (a value with zero mass but a non-zero derivative of its
+# mass), the score function misses that value and is biased, and stochastic_ad is only exact
+# at boundaries left by increasing theta (its jumps are computed along +theta); those
+# combinations are checked for finiteness only (see `BIASED`).
+
+EST = {
+    "score": je.score_function(),
+    "score_loo": je.score_function("leave_one_out"),
+    "stochastic_ad": je.stochastic_ad(),
+    "straight_through": je.straight_through(),
+}
+
+
+def _bernoulli(k, t):
+    return je.sample(k, D.Bernoulli(probs=t))
+
+
+def _categorical(t):
+    return D.Categorical(probs=jnp.stack([1 - t, t]))
+
+
+# (name, theta, exact one-sided derivative of E[x]). The program sums all sites (Categorical
+# through select([0, 1], x)), so each coordinate of the gradient is one case and the whole
+# table costs one compilation per estimator; sites of one family are one batched site.
+BOUNDARY = [
+    ("bernoulli@0", 0.0, 1.0),
+    ("bernoulli@1", 1.0, 1.0),
+    ("binomial@0", 0.0, 10.0),
+    ("binomial@1", 1.0, 10.0),
+    ("poisson@0", 0.0, 1.0),
+    ("geometric@1", 1.0, -1.0),  # E = (1 - p)/p, derivative -1/p**2
+    ("categorical@0", 0.0, 1.0),
+]
+# Mathematically biased at these boundaries (every draw sits at the point mass, so each
+# estimate is deterministic): the score function (with or without baseline) never sees the
+# value that gains mass; stochastic_ad finds no jump along +theta at an upper boundary.
+# Single-site values: score at bernoulli@0/poisson@0/binomial@0/categorical@0 gives
+# -f(0)*(...) = 0, at binomial@1 n f(n) = 100 (exact 10), at geometric@1 f(0) = 0 (exact
+# -1), at bernoulli@1 f(1) = 1 (exact only because f(0) = 0); score_loo gives 0 everywhere;
+# stochastic_ad gives 0 at bernoulli@1, binomial@1 and geometric@1.
+BIASED = {
+    "score": {name for name, _, _ in BOUNDARY},
+    "score_loo": {name for name, _, _ in BOUNDARY},
+    "stochastic_ad": {"bernoulli@1", "binomial@1", "geometric@1"},
+    "straight_through": set(),
+}
+
+
+def _boundary_program(k, theta):
+    k1, k2, k3, k4, k5 = jax.random.split(k, 5)
+    x = [
+        je.sample(k1, D.Bernoulli(probs=theta[0:2])),
+        je.sample(k2, D.Binomial(10.0, probs=theta[2:4])),
+        je.sample(k3, D.Poisson(theta[4])),
+        je.sample(k4, D.Geometric(probs=theta[5])),
+        je.select(jnp.array([0.0, 1.0]), je.sample(k5, _categorical(theta[6]))),
+    ]
+    return sum(jnp.sum(v) for v in x)
+
+
+@pytest.mark.parametrize("name", list(EST))
+def test_estimators_at_boundaries(name):
+    theta = jnp.array([t for _, t, _ in BOUNDARY])
+    samples = np.asarray(je.grad_samples(_boundary_program, EST[name], num_samples=8)(KEY, theta))
+    assert samples.shape == (8, len(BOUNDARY))
+    assert np.all(np.isfinite(samples)), samples
+    for i, (case, _, exact) in enumerate(BOUNDARY):
+        if case not in BIASED[name]:
+            # Deterministic at the point mass: every per-sample estimate is exact.
+            assert_unbiased(samples[:, i], exact, se_max=1e-6)
+
+
+def test_issue_reproducer_binomial_probs_zero():
+    # probs = 1 - exp(-b * 0) = 0 for every b: the gradient is exactly 0 (it was NaN).
+    def f(k, b):
+        return je.sample(k, D.Binomial(100.0, probs=1 - jnp.exp(-b * 0.0)))
+
+    assert float(je.grad(f, je.score_function(), num_samples=4)(KEY, 0.4)) == 0.0
+
+
+def test_estimators_statistical_at_boundary():
+    # x1 ~ Bernoulli(theta) at theta = 0 and x2 ~ Geometric(1/3): f = x1 x2 + x2,
+    # d/dtheta E[f] = E[x2] = 2; per-sample estimates x2 (stochastic_ad: jump of x1 at rate 1;
+    # straight-through: df/dx1 = x2), standard deviation sqrt(6).
+    def f(k, t):
+        k1, k2 = jax.random.split(k)
+        x1 = je.sample(k1, D.Bernoulli(probs=t))
+        x2 = je.sample(k2, D.Geometric(probs=1 / 3))
+        return x1 * x2 + x2
+
+    for name in ("stochastic_ad", "straight_through"):
+        samples = je.grad_samples(f, EST[name], num_samples=4000)(KEY, 0.0)
+        assert_unbiased(samples, 2.0, se_max=0.06)
+
+
+def test_estimators_with_zero_probability_category():
+    # probs = [1 - theta, theta, 0] at theta = 0.3, f = [1, 3, 7][x]: d/dtheta E[f] = 3 - 1 = 2.
+    # The zero-probability category has zero mass and zero derivative: every estimator is
+    # unbiased, and the score function's log-probability gradient must stay finite.
+    def f(k, t):
+        x = je.sample(k, D.Categorical(probs=jnp.stack([1 - t, t, 0.0 * t])))
+        return je.select(jnp.array([1.0, 3.0, 7.0]), x)
+
+    se_max = {"score": 0.25, "score_loo": 0.2, "stochastic_ad": 0.08, "straight_through": 1e-6}
+    for name, est in EST.items():
+        samples = je.grad_samples(f, est, num_samples=1000)(KEY, 0.3)
+        assert_unbiased(samples, 2.0, se_max=se_max[name])
+
+
+@pytest.mark.parametrize("theta", [0.0, 1.0])
+def test_central_finite_difference_at_boundary_is_nan(theta):
+    # theta -+ h leaves [0, 1]: the program there is NaN, and so is the estimate.
+    g = je.grad(_bernoulli, je.finite_difference(step=1e-2), num_samples=4)(KEY, theta)
+    assert np.isnan(float(g))
+
+
+# --------------------------------------------------------------------------------------------
+# Estimators with invalid traced parameters: NaN values, not plausible numbers
+# --------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "est",
+    [
+        je.score_function(),
+        je.stochastic_ad(),
+        je.finite_difference(),
+        je.straight_through(),
+        je.auto(),
+    ],
+    ids=lambda e: e.name,
+)
+@pytest.mark.parametrize("theta", [1.5, -0.5, float("nan")])
+def test_invalid_bernoulli_probs_give_nan_value(est, theta):
+    value, _ = je.value_and_grad(_bernoulli, est, num_samples=4)(KEY, theta)
+    assert np.isnan(float(value))
+
+
+@pytest.mark.parametrize("theta", [-1.0, 0.0, float("nan")])
+def test_invalid_normal_scale_pathwise_gives_nan_value(theta):
+    def f(k, s):
+        return je.sample(k, D.Normal(0.0, s))
+
+    value, _ = je.value_and_grad(f, je.pathwise(), num_samples=4)(KEY, theta)
+    assert np.isnan(float(value))
