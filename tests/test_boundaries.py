@@ -454,11 +454,15 @@ def _check_continuous(make, cols, value, refs, dtype, invalid, event_ndim=0):
     value = jnp.asarray(value, dtype)
     rounded = [np.asarray(c, np.float64) for c in params]
 
+    # Samples (rsample) only in float32: their poisoning does not depend on the dtype, and
+    # compiling the gamma samplers twice would dominate the run time.
+    with_samples = dtype == np.float32
+
     @jax.jit
     def run(ps):
         lp = make(*ps).log_prob(value)
         grads = jax.grad(lambda qs: jnp.sum(make(*qs).log_prob(value)))(ps)
-        return lp, grads, make(*ps).sample(KEY, 2)  # = rsample
+        return lp, grads, make(*ps).sample(KEY, 2) if with_samples else jnp.zeros((0,))
 
     lp, grads, smp = run(params)
     lp = np.asarray(lp, np.float64)
@@ -472,7 +476,7 @@ def _check_continuous(make, cols, value, refs, dtype, invalid, event_ndim=0):
         scale = np.abs(r).reshape(len(r), -1).max(-1).reshape((-1,) + (1,) * (r.ndim - 1))
         _close(g, r + 0 * g, dtype, f"d log_prob / d param {i}", scale=scale * np.ones_like(r))
     assert np.all(np.isnan(lp[~ok])), lp[~ok]
-    for x in np.asarray(smp):
+    for x in np.asarray(smp) if with_samples else ():
         assert np.all(np.isfinite(x[ok])), x[ok]
         assert np.all(np.isnan(x[~ok])), x[~ok]
 
@@ -703,7 +707,9 @@ def _boundary_program(k, theta):
     return sum(jnp.sum(v) for v in x)
 
 
-@pytest.mark.parametrize("name", list(EST))
+# score_loo differs from score only by the (here exactly cancelling) baseline: skipped to keep
+# the compile time down; it is exercised with a zero-probability category below.
+@pytest.mark.parametrize("name", ["score", "stochastic_ad", "straight_through"])
 def test_estimators_at_boundaries(name):
     theta = jnp.array([t for _, t, _ in BOUNDARY])
     samples = np.asarray(je.grad_samples(_boundary_program, EST[name], num_samples=8)(KEY, theta))
