@@ -122,6 +122,8 @@ class Normal(_LocScale):
 
     Parameterization: ``loc`` (real), ``scale`` (> 0, the standard deviation).
     Support: the real line. Reparameterized sample: ``loc + scale * eps``, ``eps ~ N(0, 1)``.
+    Finite ``log_prob``, gradients and samples arbitrarily close to the parameter boundary;
+    traced invalid (out-of-range, NaN) parameters give NaN ``log_prob`` and samples.
     """
 
     def _standard(self, key: Array, shape: Shape, dtype: np.dtype) -> Array:
@@ -147,6 +149,8 @@ class LogNormal(_LocScale):
 
     Parameterization: ``loc`` (real) and ``scale`` (> 0) of the underlying normal.
     Support: ``(0, inf)``. Reparameterized sample: ``exp(loc + scale * eps)``.
+    Finite ``log_prob``, gradients and samples arbitrarily close to the parameter boundary;
+    traced invalid (out-of-range, NaN) parameters give NaN ``log_prob`` and samples.
     """
 
     def _standard(self, key: Array, shape: Shape, dtype: np.dtype) -> Array:
@@ -180,6 +184,8 @@ class Laplace(_LocScale):
 
     Parameterization: ``loc`` (real), ``scale`` (> 0); density ``exp(-|x-loc|/scale)/(2 scale)``.
     Support: the real line. Reparameterized sample: ``loc + scale * eps``, standard Laplace eps.
+    Finite ``log_prob``, gradients and samples arbitrarily close to the parameter boundary;
+    traced invalid (out-of-range, NaN) parameters give NaN ``log_prob`` and samples.
     """
 
     def _standard(self, key: Array, shape: Shape, dtype: np.dtype) -> Array:
@@ -205,6 +211,8 @@ class Logistic(_LocScale):
 
     Parameterization: ``loc`` (real), ``scale`` (> 0); CDF ``sigmoid((x - loc) / scale)``.
     Support: the real line. Reparameterized sample: ``loc + scale * eps``, standard logistic eps.
+    Finite ``log_prob``, gradients and samples arbitrarily close to the parameter boundary;
+    traced invalid (out-of-range, NaN) parameters give NaN ``log_prob`` and samples.
     """
 
     def _standard(self, key: Array, shape: Shape, dtype: np.dtype) -> Array:
@@ -231,6 +239,8 @@ class Cauchy(_LocScale):
     Parameterization: ``loc`` (real, the median), ``scale`` (> 0, the half width at half maximum).
     Support: the real line. Reparameterized sample: ``loc + scale * eps``, standard Cauchy eps.
     The mean and variance are undefined and reported as NaN.
+    Finite ``log_prob``, gradients and samples arbitrarily close to the parameter boundary;
+    traced invalid (out-of-range, NaN) parameters give NaN ``log_prob`` and samples.
     """
 
     def _standard(self, key: Array, shape: Shape, dtype: np.dtype) -> Array:
@@ -256,6 +266,8 @@ class Uniform(ContinuousDistribution):
 
     Parameterization: ``low < high`` (both finite). Support: ``[low, high]``.
     Reparameterized sample: ``low + (high - low) * u`` with ``u ~ U[0, 1)``.
+    Finite ``log_prob``, gradients and samples arbitrarily close to the parameter boundary;
+    traced invalid (out-of-range, NaN) parameters give NaN ``log_prob`` and samples.
     """
 
     _param_names: ClassVar[tuple[str, ...]] = ("low", "high")
@@ -322,6 +334,8 @@ class Exponential(ContinuousDistribution):
 
     Parameterization: ``rate`` (> 0). Support: ``[0, inf)``.
     Reparameterized sample: ``E / rate`` with ``E`` a standard exponential variate.
+    Finite ``log_prob``, gradients and samples arbitrarily close to the parameter boundary;
+    traced invalid (out-of-range, NaN) parameters give NaN ``log_prob`` and samples.
     """
 
     _param_names: ClassVar[tuple[str, ...]] = ("rate",)
@@ -368,6 +382,8 @@ class Gamma(ContinuousDistribution):
     Support: ``(0, inf)``. Reparameterized sample:
     ``jax.random.gamma(key, concentration) / rate`` (implicit reparameterization in the
     concentration). In low precision, draws smaller than the dtype's ``tiny`` round to 0.
+    Finite ``log_prob``, gradients and samples arbitrarily close to the parameter boundary;
+    traced invalid (out-of-range, NaN) parameters give NaN ``log_prob`` and samples.
     """
 
     _param_names: ClassVar[tuple[str, ...]] = ("concentration", "rate")
@@ -438,6 +454,8 @@ class Beta(ContinuousDistribution):
     Parameterization: ``concentration1`` (> 0, exponent of ``x``) and ``concentration0``
     (> 0, exponent of ``1 - x``). Support: ``(0, 1)``. Reparameterized sample:
     ``jax.random.beta`` (implicitly reparameterized through its gamma draws).
+    Finite ``log_prob``, gradients and samples arbitrarily close to the parameter boundary;
+    traced invalid (out-of-range, NaN) parameters give NaN ``log_prob`` and samples.
     """
 
     _param_names: ClassVar[tuple[str, ...]] = ("concentration1", "concentration0")
@@ -506,6 +524,8 @@ class Dirichlet(ContinuousDistribution):
     Support: the simplex ``{x : x_i >= 0, sum_i x_i = 1}``; event shape ``(K,)``.
     Reparameterized sample: ``jax.random.dirichlet`` (normalized gammas drawn in log space,
     implicitly reparameterized).
+    Finite ``log_prob``, gradients and samples arbitrarily close to the parameter boundary;
+    traced invalid (out-of-range, NaN) parameters give NaN ``log_prob`` and samples.
     """
 
     _param_names: ClassVar[tuple[str, ...]] = ("concentration",)
@@ -567,6 +587,8 @@ class MultivariateNormal(ContinuousDistribution):
     lower triangular with a positive diagonal (the Cholesky factor of the covariance; only its
     lower triangle is used). Support: ``R^d``; event shape ``(d,)``.
     Reparameterized sample: ``loc + scale_tril @ eps`` with ``eps ~ N(0, I_d)``.
+    Finite ``log_prob``, gradients and samples arbitrarily close to the parameter boundary;
+    traced invalid (out-of-range, NaN) parameters give NaN ``log_prob`` and samples.
     """
 
     _param_names: ClassVar[tuple[str, ...]] = ("loc", "scale_tril")
