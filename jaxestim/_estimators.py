@@ -308,6 +308,10 @@ class Auto(Estimator):
 jax.tree_util.register_pytree_node_class(ScoreFunction)
 
 
+# keys of SurrogateHandler.logp besides the score-function groups 0, 1, ...
+BOUNDARY, BOUNDARY_COUNT = -1, -2
+
+
 class SurrogateHandler(Handler):
     """Handler for site-level estimators: runs sites, collects score-function log-probs.
 
@@ -358,10 +362,21 @@ class SurrogateHandler(Handler):
         return mask_value(x, mask)
 
     def site_log_prob(self, dist: Distribution, x: jax.Array) -> jax.Array:
-        """The summed log-probability of a site's draws ``x``, without masked-out draws."""
+        """The summed log-probability of a site's draws ``x``, without masked-out draws.
+
+        Also records the site's support-boundary terms (see ``_transforms._boundary_terms``):
+        the score function is biased where the support changes with the parameters.
+        """
         lp = dist.log_prob(x)
         if self._mask is not None:
             lp = jnp.where(self._mask, lp, 0.0)
+        sb = dist._support_boundary()
+        if sb is not None:
+            q, _, at = sb
+            site = self.shared["sites"] = self.shared.get("sites", 0) + 1
+            w = 1.0 + 0.5 * jnp.sin(1.7 * jnp.arange(q.shape[0], dtype=q.dtype) + 2.3 * site)
+            self._add(BOUNDARY, jnp.sum(w * q))
+            self._add(BOUNDARY_COUNT, jnp.sum(at).astype(q.dtype))
         return jnp.sum(lp)
 
     def check_score_estimator(self, est: ScoreFunction) -> None:

@@ -48,6 +48,7 @@ import jax
 import jax.numpy as jnp
 from jax._src import core as _jax_core
 
+from jaxestim import _validation
 from jaxestim._errors import EstimatorError
 from jaxestim._util import check_key, concrete
 from jaxestim.distributions import Distribution
@@ -275,7 +276,7 @@ def sample(
             f"{type(dist).__name__}"
         )
     shape = _canonical_sample_shape(sample_shape)
-    __import__("jaxestim._validation", fromlist=("_",)).check_site(dist)  # validate=True
+    _validation.check_site(dist)  # checkify checks of the parameters under validate=True
     if estimator is not None:
         from jaxestim._estimators import Estimator
 

@@ -84,6 +84,9 @@ _SUPPORTED = (Bernoulli, Binomial, Categorical, Geometric, OneHotCategorical, Po
 # with zero-mass categories a jump may skip indices (see the module docstring).
 _S_FIELDS = ("elem", "k", "cdf_k", "cdf_km1", "logpmf")
 _C_FIELDS = ("elem", "k", "row", "logpmf")
+# "b": support-boundary parameters of every discrete site (``_support_boundary``): a
+# direction that moves one of them out of the parameter space has no derivative.
+_B_FIELDS = ("q", "out", "at")
 
 
 def _check_site(dist, estimator) -> None:
@@ -111,6 +114,7 @@ def _empty_tables(dtype: Any = None) -> dict[str, dict[str, jax.Array]]:
     return {
         "s": {"elem": idx, "k": e, "cdf_k": e, "cdf_km1": e, "logpmf": e},
         "c": {"elem": idx, "k": e, "row": jnp.zeros((0, 1), dt), "logpmf": e},
+        "b": {"q": e, "out": e, "at": e},
     }
 
 
@@ -129,6 +133,7 @@ def _concat(tables: list[dict[str, dict[str, jax.Array]]]) -> dict[str, dict[str
     c = [t["c"] for t in tables]
     if s:
         out["s"] = {f: jnp.concatenate([t[f] for t in s]) for f in _S_FIELDS}
+        out["b"] = {f: jnp.concatenate([t["b"][f] for t in tables]) for f in _B_FIELDS}
     if c:
         width = max(t["row"].shape[1] for t in c)
         c = [_pad_rows(t, width) for t in c]
@@ -223,6 +228,10 @@ class _RecordHandler(_Counting):
                 "cdf_km1": _flat(dist.cdf(k - 1)),
                 "logpmf": _flat(logpmf),
             }
+        sb = dist._support_boundary()
+        if sb is not None:
+            q, out, at = sb
+            part["b"] = {"q": q, "out": out, "at": at.astype(q.dtype)}
         self.parts.append(part)
         self.count += n
         return value
@@ -403,10 +412,13 @@ def _triple(call, key, theta, v, select_key) -> tuple[StochasticTriple, Any]:
             f, aux = call(key, th)
         r = h.records()
         s, c = r["s"], r["c"]
-        return (f, s["cdf_k"], s["cdf_km1"], c["row"]), (aux, r)
+        return (f, s["cdf_k"], s["cdf_km1"], c["row"], r["b"]["q"]), (aux, r)
 
-    (f, _, _, _), (df, dfk, dfkm1, drow), (aux, r) = jax.jvp(prog, (theta,), (v,), has_aux=True)
-    s, c = r["s"], r["c"]
+    (f, *_), (df, dfk, dfkm1, drow, dq), (aux, r) = jax.jvp(prog, (theta,), (v,), has_aux=True)
+    s, c, b = r["s"], r["c"], r["b"]
+    # a direction leaving the parameter space (p = 1 increasing) has no derivative
+    outward = jnp.any((b["at"] > 0) & (dq * b["out"] > 0))
+    df = jnp.where(outward, jnp.asarray(jnp.nan, df.dtype), df)
     if s["k"].shape[0] + c["k"].shape[0] == 0:
         return StochasticTriple(f, df, f, jnp.zeros_like(f)), aux
     pmf = jnp.exp(s["logpmf"])

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -27,7 +27,14 @@ from jax.flatten_util import ravel_pytree
 
 from jaxestim import _validation
 from jaxestim._errors import EstimatorError
-from jaxestim._estimators import Auto, Estimator, ScoreFunction, SurrogateHandler
+from jaxestim._estimators import (
+    BOUNDARY,
+    BOUNDARY_COUNT,
+    Auto,
+    Estimator,
+    ScoreFunction,
+    SurrogateHandler,
+)
 from jaxestim._util import check_key, tree_add, tree_scale
 
 _LEAK_HINT = (
@@ -125,7 +132,11 @@ def _no_higher_order_jvp(msg, primals, tangents):
 
 def _nan_where_value_nan(value: jax.Array, grads: Any) -> Any:
     """``grads`` with every entry NaN where ``value`` (scalar, or per sample on axis 0) is NaN."""
-    bad = jnp.isnan(value)
+    return _nan_where(jnp.isnan(value), grads)
+
+
+def _nan_where(bad: jax.Array, grads: Any) -> Any:
+    """``grads`` with every entry NaN where ``bad`` (scalar, or per sample on axis 0)."""
 
     def mask(g: jax.Array) -> jax.Array:
         b = jnp.reshape(bad, bad.shape + (1,) * (g.ndim - bad.ndim))
@@ -158,16 +169,59 @@ def _rethrow(err: Any) -> None:
 
 
 def _value_and_grad_checked(loss: Callable, diff: Any) -> tuple[tuple[Any, Any], Any]:
-    """``jax.value_and_grad(loss, has_aux=True)(diff)`` keeping ``validate=True`` checks."""
+    """``jax.value_and_grad(loss, has_aux=True)(diff)`` keeping ``validate=True`` checks.
+
+    ``loss(d)`` returns ``(s, aux)``; when ``aux`` is a :class:`_Boundary` record its score
+    sites touched a support boundary, and the gradient is NaN wherever the boundary
+    parameters depend on ``d`` (see :func:`_boundary_terms`).
+    """
     checked = _functional_checks(loss)
 
-    def loss_err(d: Any) -> tuple[jax.Array, tuple[Any, Any]]:
+    def both(d: Any) -> tuple[tuple[jax.Array, jax.Array], tuple[Any, Any, Any]]:
         (s, aux), err = checked(d)
-        return s, (aux, err)
+        b, count = (aux.b, aux.count) if isinstance(aux, _Boundary) else (None, None)
+        aux = aux.aux if isinstance(aux, _Boundary) else aux
+        return (s, jnp.zeros_like(s) if b is None else b), (aux, count, err)
 
-    (s, (aux, err)), g = jax.value_and_grad(loss_err, has_aux=True)(diff)
+    (s, b), vjp_fn, (aux, count, err) = jax.vjp(both, diff, has_aux=True)
+    (g,) = vjp_fn((jnp.ones_like(s), jnp.zeros_like(b)))
     _rethrow(err)
+    if count is not None:
+
+        def moves() -> jax.Array:
+            (gb,) = vjp_fn((jnp.zeros_like(s), jnp.ones_like(b)))
+            leaves = jax.tree_util.tree_leaves(gb)
+            return jnp.any(jnp.stack([jnp.any(x != 0) for x in leaves]))
+
+        bad = jax.lax.cond(count > 0, moves, lambda: jnp.array(False))
+        g = jax.tree_util.tree_map(lambda x: jnp.where(bad, jnp.asarray(jnp.nan, x.dtype), x), g)
     return (s, aux), g
+
+
+class _Boundary(NamedTuple):
+    """Auxiliary output of a surrogate loss whose score sites report support boundaries."""
+
+    aux: Any
+    b: jax.Array
+    count: jax.Array
+
+
+def _boundary_terms(logp: dict) -> tuple[jax.Array, jax.Array] | None:
+    """``(b, count)`` summed over samples, or None when no site can reach a boundary.
+
+    A score-function site whose distribution's support changes at the current parameters
+    (``Bernoulli(p = 0)``, a zero-probability category, ``Uniform``; see
+    ``Distribution._support_boundary``) adds ``sum_e w_e q_e`` to ``b`` (``q_e`` the boundary
+    parameters, ``w_e`` fixed distinct weights) and the number of such elements to
+    ``count``. The score function is biased there whenever ``grad q != 0`` (it never sees
+    the value whose mass is zero but growing), so the transforms make the gradient NaN when
+    ``grad b != 0``; a parameter that sits on the boundary but does not move with ``theta``
+    (an epidemic with no infected: ``p = 1 - exp(-beta * 0)``) is fine and costs nothing
+    beyond a second backward pass in the rare chunks where ``count > 0``.
+    """
+    if BOUNDARY not in logp:
+        return None
+    return jnp.sum(logp[BOUNDARY]), jnp.sum(logp[BOUNDARY_COUNT])
 
 
 def _throw_callback(err: Any) -> np.ndarray:
@@ -470,6 +524,29 @@ class _Run:
             s = s + (1.0 - magic_box(logp[i])) * b
         return s
 
+    def boundary_nan(self, kc, diff, g, count):
+        """Per-sample gradients ``g`` made NaN where a score site's support boundary moves.
+
+        See :func:`_boundary_terms`; the check re-runs the chunk's program (only when some
+        sample of the chunk touched a boundary) to differentiate each sample's boundary term.
+        """
+
+        def sample_bad(k):
+            def b_of(d):
+                _, logp, _, _ = self.terms(k[None], d)
+                bt = _boundary_terms(logp)
+                return jnp.zeros(()) if bt is None else bt[0]
+
+            gb = jax.grad(b_of)(diff)
+            return jnp.any(jnp.stack([jnp.any(x != 0) for x in jax.tree_util.tree_leaves(gb)]))
+
+        bad = jax.lax.cond(
+            jnp.sum(count) > 0,
+            lambda: jax.vmap(sample_bad)(kc),
+            lambda: jnp.zeros(kc.shape[:1], bool),
+        )
+        return _nan_where(bad, g)
+
     def needs_total(self, keys, diff) -> bool:
         """Whether a leave-one-out baseline occurs (found by tracing one sample abstractly)."""
         groups: list = []
@@ -511,12 +588,16 @@ class _Run:
                     def loss(d):
                         f, logp, aux, groups = self.terms(k[None], d)
                         s = self.combine(f, logp, groups, total, state)
-                        return s[0], (f[0], jax.tree_util.tree_map(lambda a: a[0], aux))
+                        bt = _boundary_terms(logp)
+                        count = jnp.zeros(()) if bt is None else bt[1]
+                        aux0 = jax.tree_util.tree_map(lambda a: a[0], aux)
+                        return s[0], (f[0], aux0, count)
 
-                    (s, (f, aux)), g = _value_and_grad_checked(loss, diff)
-                    return g, s, f, aux
+                    (s, (f, aux, count)), g = _value_and_grad_checked(loss, diff)
+                    return g, s, f, aux, count
 
-                g, s, f, aux = jax.vmap(one)(kc)
+                g, s, f, aux, count = jax.vmap(one)(kc)
+                g = self.boundary_nan(kc, diff, g, count)
                 return jnp.sum(s), (g, f, aux)
 
             ssum, (grads, f, aux) = _scan_chunks(fn, keys, self.chunk_size)
@@ -526,7 +607,9 @@ class _Run:
                 def loss(d):
                     f, logp, aux, groups = self.terms(kc, d)
                     tot = jax.lax.stop_gradient(jnp.sum(f)) if total is None else total
-                    return jnp.sum(self.combine(f, logp, groups, tot, state)), (f, aux)
+                    s = jnp.sum(self.combine(f, logp, groups, tot, state))
+                    bt = _boundary_terms(logp)
+                    return s, ((f, aux) if bt is None else _Boundary((f, aux), *bt))
 
                 (s, (f, aux)), g = _value_and_grad_checked(loss, diff)
                 return (g, s), (f, aux)

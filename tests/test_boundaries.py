@@ -680,13 +680,11 @@ BOUNDARY = [
     ("geometric@1", 1.0, -1.0),  # E = (1 - p)/p, derivative -1/p**2
     ("categorical@0", 0.0, 1.0),
 ]
-# Mathematically biased at these boundaries (every draw sits at the point mass, so each
-# estimate is deterministic): the score function (with or without baseline) never sees the
-# value that gains mass; stochastic_ad finds no jump along +theta at an upper boundary.
-# Single-site values: score at bernoulli@0/poisson@0/binomial@0/categorical@0 gives
-# -f(0)*(...) = 0, at binomial@1 n f(n) = 100 (exact 10), at geometric@1 f(0) = 0 (exact
-# -1), at bernoulli@1 f(1) = 1 (exact only because f(0) = 0); score_loo gives 0 everywhere;
-# stochastic_ad gives 0 at bernoulli@1, binomial@1 and geometric@1.
+# Where an estimator is mathematically biased at a boundary (every draw sits at the point
+# mass, so each estimate would be deterministic and wrong): the score function (with or
+# without baseline) never sees the value that gains mass; stochastic_ad has no jump along
+# +theta at an upper boundary (the direction leaves the parameter space). Both report NaN
+# there instead of a plausible number (score: 0 or n f(n) = 100; stochastic_ad: 0).
 BIASED = {
     "score": {name for name, _, _ in BOUNDARY},
     "score_loo": {name for name, _, _ in BOUNDARY},
@@ -714,9 +712,10 @@ def test_estimators_at_boundaries(name):
     theta = jnp.array([t for _, t, _ in BOUNDARY])
     samples = np.asarray(je.grad_samples(_boundary_program, EST[name], num_samples=8)(KEY, theta))
     assert samples.shape == (8, len(BOUNDARY))
-    assert np.all(np.isfinite(samples)), samples
     for i, (case, _, exact) in enumerate(BOUNDARY):
-        if case not in BIASED[name]:
+        if case in BIASED[name]:
+            assert np.all(np.isnan(samples[:, i])), (case, samples[:, i])
+        else:
             # Deterministic at the point mass: every per-sample estimate is exact.
             assert_unbiased(samples[:, i], exact, se_max=1e-6)
 
@@ -794,3 +793,41 @@ def test_invalid_normal_scale_pathwise_gives_nan_value(theta):
 
     value, _ = je.value_and_grad(f, je.pathwise(), num_samples=4)(KEY, theta)
     assert np.isnan(float(value))
+
+
+def test_score_function_support_boundary_moving_gives_nan_not_a_biased_number():
+    # Categorical([1 - t, t, 0]) at t = 0: category 1 gains mass the score function never
+    # sees (true derivative f(1) - f(0) = 4); a parameter on the boundary that does not move
+    # with theta (the reproducer) stays exact.
+    vals = jnp.array([1.0, 5.0, 9.0])
+    cat = lambda k, t: je.select(
+        vals, je.sample(k, D.Categorical(probs=jnp.stack([1 - t, t, 0 * t])))
+    )
+    for est in (je.score_function(), je.score_function("leave_one_out")):
+        g = je.grad(cat, est, num_samples=8)
+        assert np.isnan(float(g(KEY, 0.0))) and np.isfinite(float(g(KEY, 0.3)))
+    gs = je.grad_samples(cat, je.auto(), num_samples=4)
+    assert np.all(np.isnan(np.asarray(gs(KEY, 0.0))))
+    assert np.all(np.isfinite(np.asarray(gs(KEY, 0.3))))
+    # the zero-mass category 2 does not move: exact (stochastic_ad)
+    assert float(je.grad(cat, je.stochastic_ad(), num_samples=8)(KEY, 0.0)) == pytest.approx(4.0)
+
+
+def test_score_function_on_a_moving_uniform_support_is_nan():
+    # x ~ Uniform(0, t): d/dt E[x] = 1/2, but the score function's estimate has mean -1/2.
+    f = lambda k, t: je.sample(k, D.Uniform(0.0, t), estimator=je.score_function())
+    assert np.isnan(float(je.grad(f, je.auto(), num_samples=8)(KEY, 2.0)))
+    # pathwise is right there: every per-sample derivative is x / t, mean ~ 1/2
+    h = lambda k, t: je.sample(k, D.Uniform(0.0, t))
+    assert_unbiased(je.grad_samples(h, je.pathwise(), num_samples=4000)(KEY, 2.0), 0.5, 0.006)
+    # fixed support, theta elsewhere: fine
+    g = lambda k, t: t * je.sample(k, D.Uniform(0.0, 2.0), estimator=je.score_function())
+    assert np.isfinite(float(je.grad(g, je.auto(), num_samples=8)(KEY, 2.0)))
+
+
+def test_stochastic_ad_direction_leaving_the_parameter_space_is_nan():
+    f = lambda k, t: je.sample(k, D.Bernoulli(probs=t))
+    assert np.isnan(float(je.grad(f, je.stochastic_ad(), num_samples=4)(KEY, 1.0)))
+    # decreasing p at p = 1 is inside the space: p = 1 - t at t = 0, derivative -1
+    g = lambda k, t: je.sample(k, D.Bernoulli(probs=1 - t))
+    assert float(je.grad(g, je.stochastic_ad(), num_samples=4)(KEY, 0.0)) == pytest.approx(-1.0)

@@ -77,7 +77,8 @@ def test_vmap_over_parameters_matches_python_loop():
     thetas = jnp.linspace(0.05, 0.3, 4)
 
     def f(key, t):
-        return 2.0 * je.sample(key, D.Bernoulli(probs=3 * t)) + je.sample(key, D.Bernoulli(probs=t))
+        k1, k2 = jax.random.split(key)
+        return 2.0 * je.sample(k1, D.Bernoulli(probs=3 * t)) + je.sample(k2, D.Bernoulli(probs=t))
 
     g = je.grad(f, je.score_function("leave_one_out"), num_samples=16)
     batched = jax.vmap(g, in_axes=(None, 0))(KEY, thetas)

@@ -143,12 +143,11 @@ ESTIMATORS = {
 @pytest.mark.parametrize("name", list(ESTIMATORS))
 def test_valid_programs_identical_with_and_without_validate(name):
     est = ESTIMATORS[name]
-    for fun in (two_sites, walk):
-        for kind in ("value_and_grad", "grad_samples"):
-            transform = getattr(je, kind)
-            plain = transform(fun, est, num_samples=6, chunk_size=4)(KEY, 0.3)
-            checked = transform(fun, est, num_samples=6, chunk_size=4, validate=True)(KEY, 0.3)
-            jax.tree_util.tree_map(np.testing.assert_array_equal, checked, plain)
+    for fun, kind in ((two_sites, "value_and_grad"), (walk, "grad_samples")):
+        transform = getattr(je, kind)
+        plain = transform(fun, est, num_samples=6, chunk_size=4)(KEY, 0.3)
+        checked = transform(fun, est, num_samples=6, chunk_size=4, validate=True)(KEY, 0.3)
+        jax.tree_util.tree_map(np.testing.assert_array_equal, checked, plain)
     jitted = jax.jit(je.grad(two_sites, est, num_samples=6, validate=True))(KEY, 0.3)
     np.testing.assert_array_equal(jitted, je.grad(two_sites, est, num_samples=6)(KEY, 0.3))
 

@@ -146,6 +146,15 @@ def _nonnegative(x: Array) -> Array:
     return (x >= 0) & (x < jnp.inf)
 
 
+def _boundary(param: Array, at_low: Array, at_high: Array) -> tuple[Array, Array, Array]:
+    """``(q, outward, at)`` of :meth:`Distribution._support_boundary` for one parameter."""
+    at = jnp.broadcast_to(at_low | at_high, jnp.shape(param))
+    q = jnp.where(at, param, jax.lax.stop_gradient(param))
+    outward = jnp.where(at_high, 1.0, jnp.where(at_low, -1.0, 0.0)).astype(q.dtype)
+    flat = lambda x: jnp.reshape(jnp.broadcast_to(x, jnp.shape(param)), (-1,))
+    return flat(q), flat(outward), flat(at)
+
+
 def _poison(x: Array, valid: Array, event_ndim: int = 0) -> Array:
     """``x`` where ``valid`` (broadcast over ``event_ndim`` trailing axes), NaN elsewhere.
 
@@ -335,6 +344,25 @@ class Distribution(abc.ABC):
         for _, ok, _ in self._param_checks():
             valid = valid & ok
         return valid
+
+    def _support_boundary(self) -> tuple[Array, Array, Array] | None:
+        """Parameters at a point where the *support* changes with them, or None.
+
+        The score function ``E[f grad log p]`` sums only over values of positive mass, so it
+        misses a value whose probability is 0 at ``theta`` but grows with it (``Bernoulli``
+        at ``p = 0``), and for a support that moves with the parameters (``Uniform``) it is
+        wrong altogether; :func:`jaxestim.stochastic_ad` cannot jump along a direction that
+        leaves the parameter space (``p = 1`` increasing). The estimators use this to turn
+        such cases into NaN gradients instead of silently wrong ones.
+
+        Returns:
+            ``(q, outward, at)``, flat arrays of one length: ``q`` the parameters, with the
+            gradient stopped where ``at`` is False; ``outward`` the sign of a tangent that
+            leaves the parameter space (+1 at an upper bound, -1 at a lower bound, 0 when
+            the support moves in both directions); ``at`` whether the element is at such a
+            point. ``None`` for families whose support does not depend on the parameters.
+        """
+        return None
 
     def _poison(self, x: Array, event_ndim: int = 0) -> Array:
         """``x`` (shape ``... + batch_shape + event_shape[-event_ndim:]``), NaN where invalid."""

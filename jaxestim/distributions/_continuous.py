@@ -308,6 +308,12 @@ class Uniform(ContinuousDistribution):
             ("high", jnp.broadcast_to(self._low < self._high, shape), "> `low` element-wise"),
         )
 
+    def _support_boundary(self):
+        """The support ``[low, high]`` moves with both parameters (everywhere)."""
+        low, high = jnp.broadcast_arrays(self._low, self._high)
+        q = jnp.concatenate([jnp.reshape(low, (-1,)), jnp.reshape(high, (-1,))])
+        return q, jnp.zeros_like(q), jnp.ones(q.shape, bool)
+
     def _rsample(self, key: Array, shape: Shape) -> Array:
         u = jax.random.uniform(key, shape, self.dtype)
         return self._low + (self._high - self._low) * u

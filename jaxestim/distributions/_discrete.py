@@ -47,6 +47,7 @@ from ._base import (
     Array,
     DiscreteDistribution,
     Shape,
+    _boundary,
     _broadcast_shapes,
     _check_nonnegative,
     _check_values,
@@ -577,6 +578,13 @@ class _BinaryProbs:
             return jax.nn.log_sigmoid(self._logits), jax.nn.log_sigmoid(-self._logits)
         return _safe_log(self._probs), _safe_log1m(self._probs)
 
+    def _probs_boundary(self, low: bool = True, high: bool = True, active: Array = True):
+        """Support boundary of ``probs`` at 0 and/or 1 (none with ``logits``, which are finite)."""
+        if self._logits is not None:
+            return None
+        p = jnp.broadcast_to(self._probs, self.batch_shape)  # type: ignore[attr-defined]
+        return _boundary(p, (p == 0) & low & active, (p == 1) & high & active)
+
     def _binary_checks(self, *, strict_low: bool = False) -> tuple[tuple[str, Array, str], ...]:
         shape = self.batch_shape  # type: ignore[attr-defined]
         if self._logits is not None:
@@ -637,6 +645,9 @@ class Bernoulli(_BinaryProbs, DiscreteDistribution):
 
     def _param_checks(self) -> tuple[tuple[str, Array, str], ...]:
         return self._binary_checks()
+
+    def _support_boundary(self):
+        return self._probs_boundary()
 
     def _f0(self) -> Array:
         """``P(K = 0) = 1 - p``."""
@@ -705,6 +716,9 @@ class Geometric(_BinaryProbs, DiscreteDistribution):
 
     def _param_checks(self) -> tuple[tuple[str, Array, str], ...]:
         return self._binary_checks(strict_low=True)
+
+    def _support_boundary(self):
+        return self._probs_boundary(low=False)  # p = 1: only 0 failures
 
     def icdf(self, u: ArrayLike) -> Array:
         """Closed-form inverse CDF with a one-step correction against the exact criterion.
@@ -855,6 +869,11 @@ class Binomial(_BinaryProbs, DiscreteDistribution):
             *self._binary_checks(),
         )
 
+    def _support_boundary(self):
+        return self._probs_boundary(
+            active=jnp.broadcast_to(self._total_count, self.batch_shape) > 0
+        )
+
     def _work(self) -> tuple[Array, Array, Array, Array, Array]:
         shape = self.batch_shape
         p, q = self._p_q()
@@ -941,6 +960,10 @@ class Poisson(DiscreteDistribution):
 
     def _param_checks(self) -> tuple[tuple[str, Array, str], ...]:
         return (("rate", _nonnegative(self._rate), "finite and >= 0"),)
+
+    def _support_boundary(self):
+        rate = self._rate
+        return _boundary(rate, rate == 0, jnp.zeros(jnp.shape(rate), bool))
 
     def cdf(self, k: ArrayLike) -> Array:
         """``P(K <= floor(k)) = Q(floor(k) + 1, rate)`` (0 for k < 0)."""
@@ -1040,6 +1063,14 @@ class Categorical(DiscreteDistribution):
                 ("probs", jnp.sum(p, -1) > 0, "with a positive sum"),
             )
         return (("logits", jnp.all(_finite(self._logits), -1), "finite"),)
+
+    def _support_boundary(self):
+        """Zero-probability categories (their mass may grow); none with ``logits``."""
+        if self._probs is None:
+            return None
+        probs = self.probs
+        zero = probs == 0
+        return _boundary(probs, zero, jnp.zeros(zero.shape, bool))
 
     @property
     def num_categories(self) -> int:
