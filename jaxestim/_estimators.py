@@ -39,6 +39,11 @@ class Estimator:
     name: ClassVar[str] = "estimator"
 
     @property
+    def differences_only(self) -> bool:
+        """Whether the gradient uses only perturbed runs (central finite differences)."""
+        return False
+
+    @property
     def has_state(self) -> bool:
         """Whether the estimator carries state between calls (see :meth:`init`)."""
         return False
@@ -308,8 +313,9 @@ class Auto(Estimator):
 jax.tree_util.register_pytree_node_class(ScoreFunction)
 
 
-# keys of SurrogateHandler.logp besides the score-function groups 0, 1, ...
-BOUNDARY, BOUNDARY_COUNT = -1, -2
+# key of SurrogateHandler.logp (besides the score-function groups 0, 1, ...) holding the
+# support-boundary record (see _transforms._boundary_terms)
+BOUNDARY = -1
 
 
 class SurrogateHandler(Handler):
@@ -375,8 +381,10 @@ class SurrogateHandler(Handler):
             q, _, at = sb
             site = self.shared["sites"] = self.shared.get("sites", 0) + 1
             w = 1.0 + 0.5 * jnp.sin(1.7 * jnp.arange(q.shape[0], dtype=q.dtype) + 2.3 * site)
-            self._add(BOUNDARY, jnp.sum(w * q))
-            self._add(BOUNDARY_COUNT, jnp.sum(at).astype(q.dtype))
+            # one record: its value counts the elements on a boundary, its gradient is that
+            # of sum_e w_e q_e (zero unless a boundary parameter moves with theta)
+            moving = jnp.sum(w * (q - jax.lax.stop_gradient(q)))
+            self._add(BOUNDARY, jnp.sum(at).astype(q.dtype) + moving)
         return jnp.sum(lp)
 
     def check_score_estimator(self, est: ScoreFunction) -> None:
@@ -489,6 +497,10 @@ class FiniteDifference(Estimator):
     num_directions: int | None = static_field(default=None)
     site_level: ClassVar[bool] = False
     name: ClassVar[str] = "finite_difference"
+
+    @property
+    def differences_only(self) -> bool:
+        return self.scheme == "central"
 
     def __post_init__(self) -> None:
         check_positive("finite_difference", "step", self.step)

@@ -29,7 +29,6 @@ from jaxestim import _validation
 from jaxestim._errors import EstimatorError
 from jaxestim._estimators import (
     BOUNDARY,
-    BOUNDARY_COUNT,
     Auto,
     Estimator,
     ScoreFunction,
@@ -211,17 +210,19 @@ def _boundary_terms(logp: dict) -> tuple[jax.Array, jax.Array] | None:
 
     A score-function site whose distribution's support changes at the current parameters
     (``Bernoulli(p = 0)``, a zero-probability category, ``Uniform``; see
-    ``Distribution._support_boundary``) adds ``sum_e w_e q_e`` to ``b`` (``q_e`` the boundary
-    parameters, ``w_e`` fixed distinct weights) and the number of such elements to
-    ``count``. The score function is biased there whenever ``grad q != 0`` (it never sees
-    the value whose mass is zero but growing), so the transforms make the gradient NaN when
-    ``grad b != 0``; a parameter that sits on the boundary but does not move with ``theta``
-    (an epidemic with no infected: ``p = 1 - exp(-beta * 0)``) is fine and costs nothing
-    beyond a second backward pass in the rare chunks where ``count > 0``.
+    ``Distribution._support_boundary``) records ``count_e + sum_e w_e (q_e - stop_grad(q_e))``
+    (``q_e`` the boundary parameters, ``w_e`` fixed distinct weights): its value counts the
+    elements on a boundary, its gradient is ``sum_e w_e grad q_e``. The score function is
+    biased there whenever ``grad q != 0`` (it never sees the value whose mass is zero but
+    growing), so the transforms make the gradient NaN when ``grad b != 0``; a parameter that
+    sits on the boundary but does not move with ``theta`` (an epidemic with no infected:
+    ``p = 1 - exp(-beta * 0)``) is fine and costs nothing beyond a second backward pass in
+    the rare chunks where ``count > 0``.
     """
     if BOUNDARY not in logp:
         return None
-    return jnp.sum(logp[BOUNDARY]), jnp.sum(logp[BOUNDARY_COUNT])
+    b = jnp.sum(logp[BOUNDARY])
+    return b, jax.lax.stop_gradient(b)
 
 
 def _throw_callback(err: Any) -> np.ndarray:
@@ -417,8 +418,11 @@ class _Transformed:
         else:
             value, grads, aux, f = run.whole_program(keys, diff)
             new_state = None
-        # out-of-range / NaN parameters: a NaN value must come with a NaN gradient
-        grads = _nan_where_value_nan(f if self.kind == "grad_samples" else value, grads)
+        # out-of-range / NaN parameters: a NaN value must come with a NaN gradient. Finite
+        # differences under je.grad skip it (their unperturbed run is otherwise dead code
+        # that XLA removes; an invalid theta makes a perturbed run, hence the gradient, NaN).
+        if est.site_level or self.kind != "grad" or not est.differences_only:
+            grads = _nan_where_value_nan(f if self.kind == "grad_samples" else value, grads)
         if not (est.site_level and run.higher_order_ok):
             inputs = [x for x in jax.tree_util.tree_leaves((diff, dyn)) if _is_inexact(x)]
             value, grads = _no_higher_order(run.higher_order_message(), (value, grads), inputs)
