@@ -82,8 +82,8 @@ def test_switch_on_categorical_by_enumeration():
     t = 0.2
     # E = t^2 * 4t + t (2t + 2) + (1 - t - t^2)
     exact = 12 * t**2 + 4 * t + 2 - 1 - 2 * t
-    for est, se in [(LOO, 0.13), (SAD, 0.22)]:
-        assert_unbiased(samples(f, est, t, 4000), exact, se)
+    for est, se in [(LOO, 0.18), (SAD, 0.3)]:
+        assert_unbiased(samples(f, est, t, 2000), exact, se)
 
 
 def test_cond_with_pathwise_branch_under_auto():
@@ -217,18 +217,18 @@ def test_queue_reference_is_converged():
     assert abs(de_t - Q0 / (MU - LAM) ** 2) < 1e-2
 
 
-@pytest.mark.parametrize("est, se_max", [(LOO, 1.0), (SAD, 0.4)], ids=["loo", "stochastic_ad"])
+@pytest.mark.parametrize("est, se_max", [(LOO, 1.5), (SAD, 0.6)], ids=["loo", "stochastic_ad"])
 def test_queue_until_empty_while_loop(est, se_max):
     _, exact, _ = queue_exact()
-    assert_unbiased(samples(queue_while, est, LAM, 4000), exact, se_max)
+    assert_unbiased(samples(queue_while, est, LAM, 2000), exact, se_max)
 
 
-@pytest.mark.parametrize("est, se_max", [(LOO, 1.0), (SAD, 0.4)], ids=["loo", "stochastic_ad"])
+@pytest.mark.parametrize("est, se_max", [(LOO, 1.5), (SAD, 0.6)], ids=["loo", "stochastic_ad"])
 def test_queue_masked_scan_is_exact_and_less_noisy(est, se_max):
     _, exact, _ = queue_exact()
-    masked = samples(queue_masked, est, LAM, 4000)
+    masked = samples(queue_masked, est, LAM, 2000)
     assert_unbiased(masked, exact, se_max)
-    unmasked = samples(lambda k, lam: queue_masked(k, lam, use_mask=False), est, LAM, 4000)
+    unmasked = samples(lambda k, lam: queue_masked(k, lam, use_mask=False), est, LAM, 2000)
     assert_unbiased(unmasked, exact, 3 * se_max)
     # the steps after the queue emptied add noise only without the mask
     assert np.std(masked) < 0.85 * np.std(unmasked)
