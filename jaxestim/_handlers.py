@@ -358,12 +358,15 @@ def fori_loop(
     Under an estimator transform the trip count must be static (Python ints or concrete
     arrays), because per-iteration records are stacked like :func:`scan` outputs; the loop
     then runs as ``jaxestim.scan`` over ``arange(lower, upper)``. For a data-dependent
-    trip count use :func:`while_loop` with ``max_iterations``.
+    trip count use :func:`while_loop` with ``max_iterations`` (under
+    :func:`jaxestim.finite_difference` a traced trip count runs as ``jax.lax.fori_loop``).
     """
-    if current_handler() is None:
-        return jax.lax.fori_loop(lower, upper, body_fun, init_val, unroll=unroll)
+    handler = current_handler()
     lo, hi = concrete(lower), concrete(upper)
-    if lo is None or hi is None or lo.ndim or hi.ndim:
+    static = lo is not None and hi is not None and not lo.ndim and not hi.ndim
+    if handler is None or (not static and not handler.needs_bounded_loops):
+        return jax.lax.fori_loop(lower, upper, body_fun, init_val, unroll=unroll)
+    if not static:
         raise EstimatorError(
             "je.fori_loop: under an estimator transform `lower` and `upper` must be static "
             "integers (the per-iteration records are stacked like scan outputs); got "

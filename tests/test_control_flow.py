@@ -458,3 +458,15 @@ def test_second_derivative_through_je_cond_is_unbiased():
 
     vals = np.asarray(jax.vmap(d2)(jax.random.split(KEY, 40)))
     assert_unbiased(vals, 2.0, 0.6)
+
+
+def test_fori_loop_traced_trip_count():
+    def f(key, t, n):
+        body = lambda i, c: c + je.sample(jax.random.fold_in(key, i), D.Normal(t, 1.0))
+        return je.fori_loop(0, n, body, 0.0)
+
+    n = jnp.int32(4)  # traced inside the transform
+    g = je.grad(f, je.finite_difference(), num_samples=8)(KEY, 0.5, n)
+    assert float(g) == pytest.approx(4.0, rel=1e-4)  # common random numbers: exact
+    with pytest.raises(je.EstimatorError, match="while_loop"):
+        je.grad(f, je.pathwise(), num_samples=8)(KEY, 0.5, n)
