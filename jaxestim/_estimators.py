@@ -313,9 +313,10 @@ class Auto(Estimator):
 jax.tree_util.register_pytree_node_class(ScoreFunction)
 
 
-# key of SurrogateHandler.logp (besides the score-function groups 0, 1, ...) holding the
-# support-boundary record (see _transforms._boundary_terms)
-BOUNDARY = -1
+# keys of SurrogateHandler.logp besides the score-function groups 0, 1, ...: the
+# support-boundary record (see _transforms._boundary_terms) and the number of elements with
+# invalid parameters (_transforms._invalid_count)
+BOUNDARY, INVALID = -1, -2
 
 
 class SurrogateHandler(Handler):
@@ -365,6 +366,10 @@ class SurrogateHandler(Handler):
             x = est.process_site(self, key, dist, sample_shape)
         finally:
             self._mask = None
+        invalid = jnp.logical_not(dist._params_valid())
+        if mask is not None:
+            invalid = mask & invalid
+        self._add(INVALID, jnp.sum(invalid).astype(jnp.result_type(float)))
         return mask_value(x, mask)
 
     def site_log_prob(self, dist: Distribution, x: jax.Array) -> jax.Array:

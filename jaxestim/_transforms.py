@@ -29,6 +29,7 @@ from jaxestim import _validation
 from jaxestim._errors import EstimatorError
 from jaxestim._estimators import (
     BOUNDARY,
+    INVALID,
     Auto,
     Estimator,
     ScoreFunction,
@@ -203,6 +204,18 @@ class _Boundary(NamedTuple):
     aux: Any
     b: jax.Array
     count: jax.Array
+
+
+def _invalid_count(logp: dict) -> jax.Array:
+    """Number of sample-site elements with out-of-range or NaN parameters (all samples).
+
+    Their samples and log-probabilities are NaN (the distributions poison them), so the
+    value is NaN; the gradient is made NaN from this count, which depends on the
+    parameters only, so XLA may still drop forward computations the gradient does not need.
+    """
+    if INVALID not in logp:
+        return jnp.zeros(())
+    return jax.lax.stop_gradient(jnp.sum(logp[INVALID]))
 
 
 def _boundary_terms(logp: dict) -> tuple[jax.Array, jax.Array] | None:
@@ -418,10 +431,13 @@ class _Transformed:
         else:
             value, grads, aux, f = run.whole_program(keys, diff)
             new_state = None
-        # out-of-range / NaN parameters: a NaN value must come with a NaN gradient. Finite
-        # differences under je.grad skip it (their unperturbed run is otherwise dead code
-        # that XLA removes; an invalid theta makes a perturbed run, hence the gradient, NaN).
-        if est.site_level or self.kind != "grad" or not est.differences_only:
+        # Out-of-range / NaN site parameters give a NaN gradient (site-level estimators:
+        # decided from the parameters in run.surrogate, so under je.grad XLA may still drop
+        # a forward value the gradient does not need). Where the value is computed anyway
+        # (value_and_grad, grad_samples, stochastic_ad) any NaN value also gives a NaN
+        # gradient; central finite differences under je.grad skip it (an invalid theta makes
+        # a perturbed run, hence the gradient, NaN; their unperturbed run stays dead code).
+        if self.kind != "grad" or not (est.site_level or est.differences_only):
             grads = _nan_where_value_nan(f if self.kind == "grad_samples" else value, grads)
         if not (est.site_level and run.higher_order_ok):
             inputs = [x for x in jax.tree_util.tree_leaves((diff, dyn)) if _is_inexact(x)]
@@ -595,13 +611,13 @@ class _Run:
                         bt = _boundary_terms(logp)
                         count = jnp.zeros(()) if bt is None else bt[1]
                         aux0 = jax.tree_util.tree_map(lambda a: a[0], aux)
-                        return s[0], (f[0], aux0, count)
+                        return s[0], (f[0], aux0, count, _invalid_count(logp))
 
-                    (s, (f, aux, count)), g = _value_and_grad_checked(loss, diff)
-                    return g, s, f, aux, count
+                    (s, (f, aux, count, inv)), g = _value_and_grad_checked(loss, diff)
+                    return g, s, f, aux, count, inv
 
-                g, s, f, aux, count = jax.vmap(one)(kc)
-                g = self.boundary_nan(kc, diff, g, count)
+                g, s, f, aux, count, inv = jax.vmap(one)(kc)
+                g = self.boundary_nan(kc, diff, _nan_where(inv > 0, g), count)
                 return jnp.sum(s), (g, f, aux)
 
             ssum, (grads, f, aux) = _scan_chunks(fn, keys, self.chunk_size)
@@ -613,10 +629,11 @@ class _Run:
                     tot = jax.lax.stop_gradient(jnp.sum(f)) if total is None else total
                     s = jnp.sum(self.combine(f, logp, groups, tot, state))
                     bt = _boundary_terms(logp)
-                    return s, ((f, aux) if bt is None else _Boundary((f, aux), *bt))
+                    out = (f, aux, _invalid_count(logp))
+                    return s, (out if bt is None else _Boundary(out, *bt))
 
-                (s, (f, aux)), g = _value_and_grad_checked(loss, diff)
-                return (g, s), (f, aux)
+                (s, (f, aux, inv)), g = _value_and_grad_checked(loss, diff)
+                return (_nan_where(inv > 0, g), s), (f, aux)
 
             (gsum, ssum), (f, aux) = _scan_chunks(fn, keys, self.chunk_size)
             grads = tree_scale(gsum, 1.0 / n)
@@ -683,9 +700,15 @@ _COMMON_DOC = """
         NaN-poisoned so a failed validation is never silently used. Valid programs give
         bit-identical results; the cost is reported by ``benchmarks/validate_cost.py``.
 
-    Invalid parameters: out-of-range or NaN parameters give a NaN value and a NaN
-    gradient. Whenever the estimated value is NaN the gradient is NaN as well (per sample
-    for :func:`grad_samples`, for the mean otherwise), never a finite number.
+    Invalid parameters: out-of-range or NaN parameters at a sample site give a NaN value
+    and a NaN gradient (per sample for :func:`grad_samples`, for the mean otherwise), never
+    a finite number. :func:`value_and_grad` and :func:`grad_samples`, which compute the
+    value anyway, also make the gradient NaN whenever the value is NaN for any other reason
+    (the program's own arithmetic); :func:`grad` does not compute the value just for that.
+    Score-function gradients are also NaN where a site's support moves with the
+    parameters (a zero-mass value gaining mass, ``Uniform`` bounds), where the estimator
+    is biased; :func:`jaxestim.stochastic_ad` is NaN along a direction that leaves the
+    parameter space.
 
     Higher derivatives: the result may be differentiated again (``jax.grad``,
     ``jax.hessian``, ``jax.jacfwd``, ``jax.jvp``, also through ``jax.jit``) when the estimator

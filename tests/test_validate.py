@@ -77,7 +77,12 @@ def test_nan_per_sample_in_grad_samples():
     xs = jax.vmap(lambda k: D.Normal(0.5, 1.0).rsample(k))(jax.random.split(KEY, 64))
     np.testing.assert_array_equal(np.isnan(gs), np.asarray(xs) < 0)
     assert 0 < int(np.sum(np.isnan(gs))) < 64
-    assert np.isnan(je.grad(f, je.pathwise(), num_samples=64)(KEY, 0.5))
+    v, g = je.value_and_grad(f, je.pathwise(), num_samples=64)(KEY, 0.5)
+    assert np.isnan(v) and np.isnan(g)
+    # je.grad does not compute the value; its NaN rule is about the sites' parameters (a
+    # NaN from the program's own arithmetic is differentiated as jax.grad would)
+    bad = lambda k, t: je.sample(k, D.Normal(0.0, t)) ** 2
+    assert np.isnan(je.grad(bad, je.pathwise(), num_samples=64)(KEY, -0.5))
 
 
 # --------------------------------------------------------------------- validate=True

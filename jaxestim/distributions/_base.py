@@ -383,6 +383,19 @@ class ContinuousDistribution(Distribution):
 
     is_reparameterized: ClassVar[bool] = True
     is_discrete: ClassVar[bool] = False
+    #: whether ``_rsample`` turns NaN parameters into NaN samples by arithmetic alone (then
+    #: invalid parameters are set to NaN before sampling rather than the samples after)
+    _nan_params_propagate: ClassVar[bool] = False
+
+    def _with_nan_params(self) -> ContinuousDistribution:
+        """This distribution with every parameter NaN in invalid batch elements.
+
+        Only for families whose parameters all broadcast to ``batch_shape`` (no event axes).
+        """
+        valid = self._params_valid()
+        children, aux = self.tree_flatten()
+        nan = lambda c: jnp.where(valid, c, jnp.asarray(jnp.nan, c.dtype))
+        return self.tree_unflatten(aux, [None if c is None else nan(c) for c in children])
 
     @abc.abstractmethod
     def _rsample(self, key: Array, shape: Shape) -> Array:
@@ -400,8 +413,11 @@ class ContinuousDistribution(Distribution):
             NaN for batch elements whose (traced) parameters are invalid.
         """
         _validate_key(key)
-        out = self._rsample(key, self._full_shape(sample_shape))
-        return self._poison(out, len(self.event_shape))
+        shape = self._full_shape(sample_shape)
+        if self._nan_params_propagate:
+            # NaN parameters where invalid: O(batch) work instead of O(sample x batch)
+            return self._with_nan_params()._rsample(key, shape)
+        return self._poison(self._rsample(key, shape), len(self.event_shape))
 
     def sample(self, key: Array, sample_shape: int | Sequence[int] = ()) -> Array:
         """Same as :meth:`rsample` (continuous families are reparameterized)."""

@@ -74,6 +74,8 @@ def _betaln(a: Array, b: Array) -> Array:
 class _LocScale(ContinuousDistribution):
     """Location-scale family ``X = loc + scale * Z`` with ``Z`` a standard variate."""
 
+    _nan_params_propagate: ClassVar[bool] = True
+
     _param_names: ClassVar[tuple[str, ...]] = ("loc", "scale")
 
     def __init__(self, loc: ArrayLike, scale: ArrayLike) -> None:
@@ -270,6 +272,8 @@ class Uniform(ContinuousDistribution):
     traced invalid (out-of-range, NaN) parameters give NaN ``log_prob`` and samples.
     """
 
+    _nan_params_propagate: ClassVar[bool] = True
+
     _param_names: ClassVar[tuple[str, ...]] = ("low", "high")
 
     def __init__(self, low: ArrayLike, high: ArrayLike) -> None:
@@ -343,6 +347,8 @@ class Exponential(ContinuousDistribution):
     Finite ``log_prob``, gradients and samples arbitrarily close to the parameter boundary;
     traced invalid (out-of-range, NaN) parameters give NaN ``log_prob`` and samples.
     """
+
+    _nan_params_propagate: ClassVar[bool] = True
 
     _param_names: ClassVar[tuple[str, ...]] = ("rate",)
 
