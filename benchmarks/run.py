@@ -764,13 +764,13 @@ def main(argv: list[str] | None = None) -> int:
         "Costly whole-program estimators (stochastic_ad / finite differences, O(P) program "
         "runs per sample) run with fewer samples, marked '(reduced)': N/64 on W1 (P = 1000), "
         "N/16 on W2 and W4 (P = 200). The sizes of W1–W4 themselves are as specified.",
-        "Timings were taken while other processes kept the load average around 9–12 on the "
-        "2 cores (see the Machine table), so individual ratios carry roughly ±30% noise "
-        "(compare the two W2 diagnostic ratios); interleaving limits, but cannot remove, it.",
-        "W4 uses a row-wise lookup helper instead of `je.select`: `je.select(c, x)` with "
-        "c of shape (20, 10) and integer x of shape (20,) returns a (20, 20) array "
-        "(`jnp.take(..., axis=-1)` indexes every row with every x), while with one-hot x it "
-        "returns (20,): the two representations disagree for batched categorical sites.",
+        f"Load average at the end of the run (1/5/15 min): "
+        f"{' / '.join(f'{x:.1f}' for x in os.getloadavg())} on "
+        f"{len(os.sched_getaffinity(0))} cores (at the start: see the Machine table). On a "
+        "shared 2-core machine individual ratios carry roughly ±20–30% noise (compare the "
+        "two W2 diagnostic ratios); interleaving limits, but cannot remove, it.",
+        "W4 looks its table up with a row-wise helper (what `je.select` computes for integer "
+        "indices against batched tables) in both jaxestim and the hand-written version.",
         f"Total wall time of this run: {wall:.0f} s.",
     ]
     rep.add(SECTIONS[9] + "\n\n" + "\n".join(f"- {n}" for n in notes))
