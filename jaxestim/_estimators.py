@@ -319,6 +319,17 @@ jax.tree_util.register_pytree_node_class(ScoreFunction)
 BOUNDARY, INVALID = -1, -2
 
 
+def _nan_derivative_if(bad: jax.Array, x: jax.Array, dist: Distribution) -> jax.Array:
+    """``x`` unchanged in value, with a NaN derivative in every parameter of ``dist`` if
+    ``bad`` (``param * 0`` has derivative 0, ``param * nan`` NaN; no ``where`` trap)."""
+    if not jnp.issubdtype(x.dtype, jnp.inexact):
+        return x
+    factor = jnp.where(bad, jnp.nan, 0.0)
+    leaves = [v for v in jax.tree_util.tree_leaves(dist) if jnp.issubdtype(v.dtype, jnp.inexact)]
+    term = sum(jnp.sum(v) for v in leaves) * factor
+    return x + (term - jax.lax.stop_gradient(term)).astype(x.dtype)
+
+
 class SurrogateHandler(Handler):
     """Handler for site-level estimators: runs sites, collects score-function log-probs.
 
@@ -369,7 +380,10 @@ class SurrogateHandler(Handler):
         invalid = jnp.logical_not(dist._params_valid())
         if mask is not None:
             invalid = mask & invalid
-        self._add(INVALID, jnp.sum(invalid).astype(jnp.result_type(float)))
+        if self.in_own_trace():
+            self._add(INVALID, jnp.sum(invalid).astype(jnp.result_type(float)))
+        else:  # inside plain lax control flow: nothing may leave, so poison the derivative
+            x = _nan_derivative_if(jnp.any(invalid), x, dist)
         return mask_value(x, mask)
 
     def site_log_prob(self, dist: Distribution, x: jax.Array) -> jax.Array:

@@ -137,9 +137,13 @@ class Handler:
         raise NotImplementedError
 
     # --- checks --------------------------------------------------------------------------
+    def in_own_trace(self) -> bool:
+        """Whether the current site runs directly in the trace this handler was entered in."""
+        return _current_trace() is self._trace
+
     def check_recording_site(self, what: str) -> None:
         """Raise unless the site runs directly in the trace this handler was entered in."""
-        if _current_trace() is not self._trace:
+        if not self.in_own_trace():
             raise EstimatorError(
                 f"{what} inside plain JAX control flow or a transformation within the "
                 "program (jax.lax.cond / switch / while_loop / scan / fori_loop, jax.vmap, "

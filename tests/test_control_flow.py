@@ -470,3 +470,14 @@ def test_fori_loop_traced_trip_count():
     assert float(g) == pytest.approx(4.0, rel=1e-4)  # common random numbers: exact
     with pytest.raises(je.EstimatorError, match="while_loop"):
         je.grad(f, je.pathwise(), num_samples=8)(KEY, 0.5, n)
+
+
+def test_pathwise_site_in_plain_lax_scan_with_invalid_parameter_has_nan_gradient():
+    def h(key, s):
+        def step(c, k):
+            return c + je.sample(k, D.Normal(0.0, s)), None
+
+        return jax.lax.scan(step, 0.0, jax.random.split(key, 5))[0]
+
+    g = je.grad(h, je.pathwise(), num_samples=4)
+    assert np.isnan(float(g(KEY, -1.0))) and np.isfinite(float(g(KEY, 1.0)))
