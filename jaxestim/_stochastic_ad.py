@@ -186,8 +186,18 @@ class _Counting(Handler):
         c.branch_index = index
         return c
 
-    def _absorb_count(self, n: int) -> None:
-        self.count += n
+    def absorb_loop(self, state, stacked, child, length):
+        self.count += length * child.count
+
+    def branch_layout(self, children):
+        starts, total = [], 0
+        for c in children:
+            starts.append(total)
+            total += c.count
+        return {"starts": starts, "total": total}
+
+    def absorb_branches(self, state, records, layout):
+        self.count += layout["total"]
 
 
 class _RecordHandler(_Counting):
@@ -246,17 +256,13 @@ class _RecordHandler(_Counting):
     def absorb_loop(self, state, stacked, child, length):
         flat = jax.tree_util.tree_map(lambda v: v.reshape((-1, *v.shape[2:])), stacked)
         self.parts.append(flat)
-        self.count += length * child.count
+        super().absorb_loop(state, stacked, child, length)
 
     def branch_layout(self, children):
         shapes = [c.probe_shapes for c in children]
-        starts, total = [], 0
-        for c in children:
-            starts.append(total)
-            total += c.count
         width = max(sh["c"]["row"].shape[1] for sh in shapes)
         dtype = jnp.result_type(*(sh["s"]["logpmf"].dtype for sh in shapes))
-        return {"starts": starts, "total": total, "shapes": shapes, "width": width, "dtype": dtype}
+        return {**super().branch_layout(children), "shapes": shapes, "width": width, "dtype": dtype}
 
     def branch_outputs(self, layout):
         own = self.records()
@@ -272,7 +278,7 @@ class _RecordHandler(_Counting):
 
     def absorb_branches(self, state, records, layout):
         self.parts.append(records)
-        self.count += layout["total"]
+        super().absorb_branches(state, records, layout)
 
 
 class _ReplayHandler(_Counting):
@@ -298,19 +304,6 @@ class _ReplayHandler(_Counting):
 
     def loop_outputs(self):
         return jnp.asarray(self.next_index(), jnp.int32), None
-
-    def absorb_loop(self, state, stacked, child, length):
-        self.count += length * child.count
-
-    def branch_layout(self, children):
-        starts, total = [], 0
-        for c in children:
-            starts.append(total)
-            total += c.count
-        return {"starts": starts, "total": total}
-
-    def absorb_branches(self, state, records, layout):
-        self.count += layout["total"]
 
 
 @jax.tree_util.register_pytree_node_class
