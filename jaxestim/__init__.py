@@ -34,6 +34,7 @@ from jaxestim._estimators import (
     straight_through,
 )
 from jaxestim._handlers import cond, fori_loop, sample, scan, switch, while_loop
+from jaxestim._resampling import new_log_weight, new_weight, resample
 from jaxestim._stochastic_ad import StochasticAD, StochasticTriple, stochastic_ad, stochastic_triple
 from jaxestim._transforms import grad, grad_samples, value_and_grad
 
@@ -66,8 +67,11 @@ __all__ = [
     "grad",
     "grad_samples",
     "gumbel_softmax",
+    "new_log_weight",
+    "new_weight",
     "pathwise",
     "reinforce",
+    "resample",
     "sample",
     "scan",
     "score_function",
