@@ -179,9 +179,21 @@ def _pick(weights: jax.Array, u: jax.Array) -> jax.Array:
     return jnp.clip(i, 0, weights.shape[0] - 1)
 
 
+def _fmix32(x: jax.Array) -> jax.Array:
+    """MurmurHash3's 32-bit finalizer (a bijective avalanche mix of uint32)."""
+    x = x ^ (x >> 16)
+    x = x * jnp.uint32(0x85EBCA6B)
+    x = x ^ (x >> 13)
+    x = x * jnp.uint32(0xC2B2AE35)
+    return x ^ (x >> 16)
+
+
 def _site_uniforms(select_key: jax.Array, base: Any, dtype: Any) -> jax.Array:
     """Two uniforms for one site's reservoir step (within-site pick, replacement)."""
-    return jax.random.uniform(jax.random.fold_in(select_key, base), (2,), dtype)
+    seed = jax.random.key_data(select_key).astype(jnp.uint32)
+    b = jnp.asarray(base, jnp.uint32) * jnp.uint32(2) + jnp.arange(2, dtype=jnp.uint32)
+    x = _fmix32(_fmix32(b ^ seed[0]) + seed[1])
+    return (x >> 8).astype(dtype) * jnp.asarray(2.0**-24, dtype)
 
 
 def _discrete_draw(dist, key, sample_shape, mask):
