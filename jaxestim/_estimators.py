@@ -28,6 +28,7 @@ from jaxestim._errors import EstimatorError
 from jaxestim._handlers import Handler, mask_value
 from jaxestim._util import check_positive, concrete, fold_in_str, pytree_dataclass, static_field
 from jaxestim.distributions import Bernoulli, Categorical, Distribution, OneHotCategorical
+from jaxestim.distributions._base import as_jax_key
 
 _RELAXABLE = (Bernoulli, Categorical, OneHotCategorical)
 
@@ -260,7 +261,7 @@ class GumbelSoftmax(Estimator):
             hard = (z > 0).astype(y.dtype)
         else:
             shape = sample_shape + dist.batch_shape + (dist.num_categories,)
-            z = logits + jax.random.gumbel(key, shape, logits.dtype)
+            z = logits + jax.random.gumbel(as_jax_key(key), shape, logits.dtype)
             y = jax.nn.softmax(z / tau, axis=-1)
             hard = jax.nn.one_hot(jnp.argmax(z, axis=-1), dist.num_categories, dtype=y.dtype)
         if self.hard:
@@ -541,13 +542,31 @@ class FiniteDifference(Estimator):
             with WholeProgramHandler(self.name):
                 return call(k, th)
 
+        if self.common_random_numbers:
+            # Common random numbers: the key is closed over, not batched, so under jax.vmap
+            # every random draw (a function of the key alone) stays unbatched: its bits are
+            # generated once and shared by all perturbed runs instead of once per run. All
+            # runs of a difference (the unperturbed one for one-sided schemes) share one
+            # vmap, so they compile to the same arithmetic and f(theta + h v) - f(theta)
+            # is exactly 0 where nothing changes.
+            if self.scheme == "central":
+                vals = jax.vmap(lambda s: prog(key, theta + s)[0])(
+                    jnp.concatenate([h * dirs, -h * dirs])
+                )
+                f0, aux = prog(key, theta)
+                d = (vals[:n] - vals[n:]) / (2 * h)
+            else:
+                sign = 1.0 if self.scheme == "forward" else -1.0
+                steps = jnp.concatenate([jnp.zeros_like(dirs[:1]), sign * h * dirs])
+                vals, auxs = jax.vmap(lambda s: prog(key, theta + s))(steps)
+                f0, aux = vals[0], jax.tree_util.tree_map(lambda a: a[0], auxs)
+                d = sign * (vals[1:] - f0) / h
+            return f0, gradient_from_directional(d, dirs, self.num_directions), aux
+
         f0, aux = prog(key, theta)
 
         def run(sign: float, offset: int) -> jax.Array:
-            if self.common_random_numbers:
-                keys = jnp.broadcast_to(key, (n, *key.shape))
-            else:
-                keys = jax.vmap(lambda j: jax.random.fold_in(key, j))(jnp.arange(n) + offset)
+            keys = jax.vmap(lambda j: jax.random.fold_in(key, j))(jnp.arange(n) + offset)
             return jax.vmap(lambda k, v: prog(k, theta + sign * h * v)[0])(keys, dirs)
 
         if self.scheme == "central":

@@ -47,12 +47,13 @@ from typing import Any, ClassVar
 import jax
 import jax.numpy as jnp
 from jax._src import core as _jax_core
+from jax.extend.random import threefry_2x32 as _threefry_2x32
 
 from jaxestim import _validation
 from jaxestim._errors import EstimatorError
 from jaxestim._util import check_key, concrete
 from jaxestim.distributions import Distribution
-from jaxestim.distributions._base import _canonical_sample_shape
+from jaxestim.distributions._base import RandomStream, _canonical_sample_shape
 
 _LOCAL = threading.local()
 
@@ -159,8 +160,15 @@ class Handler:
                 "gradient). Split the key (k1, k2 = jax.random.split(key)) and give every "
                 "site its own."
             )
+        probe = key
+        if isinstance(key, LoopKey):
+            probe = key._words
+            if probe is None:  # je.scan's counting trace: nothing to check yet
+                self._keys.append(key)
+                return
         if self._loop_outer is not None and (
-            not isinstance(key, _jax_core.Tracer) or any(key._trace is t for t in self._loop_outer)
+            not isinstance(probe, _jax_core.Tracer)
+            or any(probe._trace is t for t in self._loop_outer)
         ):
             raise EstimatorError(
                 "je.sample: a site inside a je.scan / je.fori_loop / je.while_loop body uses a "
@@ -273,7 +281,9 @@ def sample(
       An array of shape ``sample_shape + dist.batch_shape + dist.event_shape`` (a one-hot
       vector with a trailing category axis for ``Categorical`` under relaxation estimators).
     """
-    check_key(key, "je.sample")
+    loop_key = key if isinstance(key, LoopKey) else None
+    if loop_key is None:
+        check_key(key, "je.sample")
     if not isinstance(dist, Distribution):
         raise TypeError(
             f"je.sample: `dist` must be a jaxestim.distributions.Distribution, got "
@@ -292,10 +302,17 @@ def sample(
     if mask is not None:
         mask = _check_mask(mask, shape + tuple(dist.batch_shape))
     handler = current_handler()
+    if handler is not None:
+        handler.note_key(key)
+    if loop_key is not None:
+        key = loop_key._stream()
     if handler is None:
-        return dist.sample(key, shape)
-    handler.note_key(key)
-    return handler.sample(key, dist, shape, estimator, mask)
+        out = dist.sample(key, shape)
+    else:
+        out = handler.sample(key, dist, shape, estimator, mask)
+    if loop_key is not None:
+        loop_key._consumed(key)
+    return out
 
 
 def mask_value(x: jax.Array, mask: jax.Array | None) -> jax.Array:
@@ -311,13 +328,220 @@ def mask_value(x: jax.Array, mask: jax.Array | None) -> jax.Array:
 # --------------------------------------------------------------------------------------
 
 
+class _Node:
+    """Layout of one iteration key's bulk words: its own block, then its splits' blocks."""
+
+    def __init__(self) -> None:
+        self.demand = 0  # words taken by the site(s) that consume this key (max over branches)
+        self.splits: dict[int, list[_Node]] = {}
+        self.offset = 0
+
+    def assign(self, offset: int) -> int:
+        """Give this node and its descendants their offsets (pre-order); return the end."""
+        self.offset = offset
+        offset += self.demand
+        for num in sorted(self.splits):
+            for kid in self.splits[num]:
+                offset = kid.assign(offset)
+        return offset
+
+
+class LoopKey:
+    """The per-iteration key that ``je.scan(..., key=key)`` hands its body.
+
+    It stands for the iteration's share of random words that the loop drew in bulk from
+    ``key`` before it started. Pass it to :func:`sample` like a PRNG key (one site per key,
+    as for JAX keys), or split it for several sites with ``k1, k2 = k.split(2)`` (not
+    ``jax.random.split``: it is not a JAX array). Sites draw from it exactly as from a key:
+    discrete sites take one 32-bit word per element for their inverse-CDF uniform, Normal
+    (and LogNormal, MultivariateNormal) sites one word per coordinate, other samplers two
+    words that form a threefry key.
+    """
+
+    _jaxestim_loop_key = True
+
+    def __init__(self, words: jax.Array | None, node: _Node) -> None:
+        self._words = words  # uint32[W] of this iteration; None in the counting trace
+        self._node = node
+        self._split_cache: dict[int, tuple[LoopKey, ...]] = {}
+
+    def split(self, num: int = 2) -> tuple[LoopKey, ...]:
+        """``num`` keys for ``num`` sites, each with its own words (like ``jax.random.split``;
+        splitting one key twice with the same ``num`` gives the same keys)."""
+        if isinstance(num, bool) or not isinstance(num, int) or num < 1:
+            raise ValueError(f"LoopKey.split: `num` must be a positive int, got {num!r}")
+        if num not in self._split_cache:
+            if self._words is None:
+                self._node.splits.setdefault(num, [_Node() for _ in range(num)])
+            elif num not in self._node.splits:
+                raise EstimatorError(_LAYOUT_CHANGED)
+            kids = self._node.splits[num]
+            self._split_cache[num] = tuple(LoopKey(self._words, n) for n in kids)
+        return self._split_cache[num]
+
+    def _stream(self) -> RandomStream:
+        if self._words is None:
+            return RandomStream(None)
+        n = self._node
+        return RandomStream(self._words[n.offset : n.offset + n.demand], n.demand)
+
+    def _consumed(self, stream: RandomStream) -> None:
+        if stream.counting:
+            self._node.demand = max(self._node.demand, stream.used)
+
+    def __jax_array__(self) -> Any:
+        raise TypeError(_LOOP_KEY_MISUSE)
+
+    # jax.random functions probe these first: fail there with the same explanation
+    @property
+    def shape(self) -> Any:
+        raise TypeError(_LOOP_KEY_MISUSE)
+
+    dtype = ndim = shape
+
+    def __repr__(self) -> str:
+        return "LoopKey(<one iteration's bulk random words>)"
+
+
+_LOOP_KEY_MISUSE = (
+    "a je.scan(..., key=...) iteration key is not a JAX array: pass it to je.sample, or split "
+    "it for several sites with k1, k2 = k.split(2) (not jax.random.split)"
+)
+_LAYOUT_CHANGED = (
+    "je.scan(..., key=...): the loop body split its iteration key differently in je.scan's "
+    "counting trace and in its real trace; the body must be a pure function of its arguments"
+)
+
+
+def _is_threefry(key: jax.Array) -> bool:
+    if jax.dtypes.issubdtype(key.dtype, jax.dtypes.prng_key):
+        return str(jax.random.key_impl(key)) == "threefry2x32"
+    return jax.config.jax_default_prng_impl == "threefry2x32"  # a legacy uint32[2] key
+
+
+def _bulk_words(key: jax.Array, start: Any, n: int, width: int, total: int) -> jax.Array:
+    """The random words of iterations ``start .. start + n - 1``, shape ``(n, width)``.
+
+    For a threefry key, words ``2p, 2p + 1`` of iteration ``t`` are the two outputs of one
+    threefry-2x32 hash of the counter pair ``(t, p)`` under the key: a pure function of
+    ``(key, t, p)``, so any segment of iterations can be generated on its own (checkpointed
+    loops generate each segment's words inside the segment) and gives the same words.
+    Cost: one hash per two words (``jax.random.bits`` spends one per word, and splitting
+    one key per iteration one more per iteration). Other key types use
+    ``jax.random.bits(key, (total, width))`` (all iterations at once).
+    """
+    if width == 0:
+        return jnp.zeros((n, 0), jnp.uint32)
+    if not _is_threefry(key):
+        return jax.random.bits(key, (total, width), jnp.uint32)
+    data = (
+        jax.random.key_data(key) if jax.dtypes.issubdtype(key.dtype, jax.dtypes.prng_key) else key
+    )
+    pairs = (width + 1) // 2
+    t = jnp.asarray(start, jnp.uint32) + jnp.arange(n, dtype=jnp.uint32)
+    t = jnp.broadcast_to(t[:, None], (n, pairs)).reshape(-1)
+    p = jnp.broadcast_to(jnp.arange(pairs, dtype=jnp.uint32)[None, :], (n, pairs)).reshape(-1)
+    out = _threefry_2x32(data, jnp.concatenate([t, p]))
+    h = jnp.stack([out[: n * pairs], out[n * pairs :]], -1)  # (n * pairs, 2)
+    return h.reshape(n, 2 * pairs)[:, :width]
+
+
+def _checkpoint_policy(checkpoint: Any, where: str) -> tuple[bool, Any]:
+    """``(remat, policy)`` from the ``checkpoint`` argument (False, True or a policy)."""
+    if checkpoint is False or checkpoint is None:
+        return False, None
+    if checkpoint is True:
+        return True, None
+    if callable(checkpoint):
+        return True, checkpoint
+    raise TypeError(
+        f"{where}: `checkpoint` must be False, True or a jax.checkpoint_policies policy, got "
+        f"{checkpoint!r}"
+    )
+
+
+def _check_every(every: Any, where: str) -> int | None:
+    if every is None:
+        return None
+    if isinstance(every, bool) or not isinstance(every, int) or every < 1:
+        raise ValueError(f"{where}: `checkpoint_every` must be a positive int, got {every!r}")
+    return every
+
+
+def _run_scan(
+    body: Callable[[Any, Any], tuple[Any, Any]],
+    init: Any,
+    xs: Any,
+    length: int,
+    reverse: bool,
+    unroll: int | bool,
+    remat: bool,
+    policy: Any,
+    every: int | None,
+    words: Callable[[Any, int], Any] | None,
+) -> tuple[Any, Any]:
+    """``lax.scan(body, init, xs)`` with optional per-segment word generation and remat.
+
+    ``words(start, n)`` (or None) gives the bulk random words of iterations
+    ``start .. start + n - 1``; the body then receives ``(x, words_t)``. With ``every = k``
+    the loop runs as an outer scan over ``length // k`` segments, each an inner scan of
+    ``k`` iterations under ``jax.checkpoint`` (and a checkpointed tail of
+    ``length % k``): outputs are stacked in iteration order as by one scan.
+    """
+
+    def segment(carry: Any, xs_seg: Any, start: Any, n: int) -> tuple[Any, Any]:
+        if words is not None:
+            xs_seg = (xs_seg, words(start, n))
+        step = jax.checkpoint(body, policy=policy) if remat and every is None else body
+        return jax.lax.scan(step, carry, xs_seg, length=n, reverse=reverse, unroll=unroll)
+
+    if every is None or every >= length:
+        if every is None:
+            return segment(init, xs, 0, length)
+        return jax.checkpoint(lambda c, x: segment(c, x, 0, length), policy=policy)(init, xs)
+    q, r = divmod(length, every)
+    main = jax.tree_util.tree_map(lambda a: a[: q * every].reshape(q, every, *a.shape[1:]), xs)
+    tail = jax.tree_util.tree_map(lambda a: a[q * every :], xs)
+    seg_k = jax.checkpoint(lambda c, x, st: segment(c, x, st, every), policy=policy)
+    seg_r = jax.checkpoint(lambda c, x, st: segment(c, x, st, r), policy=policy)
+    starts = jnp.arange(q, dtype=jnp.int32) * every
+
+    def outer(carry: Any, xs_s: Any) -> tuple[Any, Any]:
+        x, st = xs_s
+        return seg_k(carry, x, st)
+
+    carry, ys_tail = init, None
+    if r and reverse:
+        carry, ys_tail = seg_r(carry, tail, q * every)
+    carry, ys = jax.lax.scan(outer, carry, (main, starts), reverse=reverse)
+    ys = jax.tree_util.tree_map(lambda a: a.reshape(q * every, *a.shape[2:]), ys)
+    if r and not reverse:
+        carry, ys_tail = seg_r(carry, tail, q * every)
+    if r:
+        ys = jax.tree_util.tree_map(lambda a, b: jnp.concatenate([a, b]), ys, ys_tail)
+    return carry, ys
+
+
+def _scan_length(xs: Any, length: int | None, where: str) -> int:
+    leaves = jax.tree_util.tree_leaves(xs)
+    if length is None:
+        if not leaves:
+            raise ValueError(f"{where}: pass `length` when `xs` is None")
+        return int(leaves[0].shape[0])
+    return int(length)
+
+
 def scan(
-    f: Callable[[Any, Any], tuple[Any, Any]],
+    f: Callable[..., tuple[Any, Any]],
     init: Any,
     xs: Any = None,
     length: int | None = None,
     reverse: bool = False,
     unroll: int | bool = 1,
+    *,
+    key: jax.Array | None = None,
+    checkpoint: Any = False,
+    checkpoint_every: int | None = None,
 ) -> tuple[Any, Any]:
     """Drop-in for :func:`jax.lax.scan` whose body may contain sample sites.
 
@@ -325,37 +549,108 @@ def scan(
     the sites record per iteration (e.g. log-probabilities for the score function, jump
     rates for :func:`stochastic_ad`) leaves the loop as stacked scan outputs, so a
     1,000-step simulation is traced once and compiles as a single loop. Outside a
-    transform it is exactly ``jax.lax.scan``.
+    transform (and without ``key``/checkpointing) it is exactly ``jax.lax.scan``.
+
+    Args:
+      key: optional PRNG key for all iterations' randomness, drawn in bulk. The body is
+        then called as ``f(carry, x, k)`` with a per-iteration :class:`LoopKey` ``k`` to
+        pass to :func:`sample` (``k.split(n)`` for several sites). The body is first traced
+        abstractly to learn how many random words each site takes (one 32-bit word per
+        discrete element or Normal coordinate, two for other samplers); the words of all
+        iterations are then drawn from ``key`` outside the loop, one threefry hash per two
+        words, instead of splitting one key per iteration and hashing again per draw
+        (about 4x fewer hashes for one scalar site per step). Same key gives the same draws
+        under every estimator, eagerly, under ``jax.jit`` and ``jax.vmap``, with and without
+        checkpointing (the basis of common random numbers and of :func:`stochastic_ad`'s
+        replay). The draws differ from those of ``jax.random.split(key, T)`` passed as
+        ``xs``. Memory: ``T x (words per iteration)`` uint32 per sample (with
+        ``checkpoint_every`` only one segment's worth at a time, for threefry keys).
+      checkpoint: ``True`` or a :mod:`jax.checkpoint_policies` policy rematerializes each
+        iteration in reverse mode (the loop stores only each iteration's carry, not the
+        body's intermediates). Results are bit-identical; reverse-mode estimators (score
+        function, pathwise) then run the body's forward pass twice.
+      checkpoint_every: ``k`` splits the loop into segments of ``k`` iterations, each
+        under ``jax.checkpoint`` (an outer scan over ``T // k`` segments, plus a tail):
+        reverse mode stores ``T / k`` carries plus one segment's intermediates while it
+        recomputes that segment, ``O(T / k + k)`` instead of ``O(T)`` -- ``k ~ sqrt(T)``
+        bounds the memory of a 10,000-step simulation by ``~2 sqrt(T)`` steps' worth, at
+        the price of one extra forward pass of the loop. Records leave the loop in the same
+        iteration order and values are bit-identical to the unsegmented loop.
     """
     handler = current_handler()
-    if handler is None:
+    every = _check_every(checkpoint_every, "je.scan")
+    remat, policy = _checkpoint_policy(checkpoint, "je.scan")
+    if handler is None and key is None and not remat and every is None:
         return jax.lax.scan(f, init, xs, length=length, reverse=reverse, unroll=unroll)
+    n = _scan_length(xs, length, "je.scan")
+    root: _Node | None = None
+    words: Callable[[Any, int], Any] | None = None
+    if key is not None:
+        check_key(key, "je.scan `key`")
+        if isinstance(key, LoopKey):
+            raise TypeError(f"je.scan: `key` must be a JAX PRNG key. {_LOOP_KEY_MISUSE}")
+        root = _probe_words(f, init, xs, handler)
+        width = root.assign(0)
+        if n * ((width + 1) // 2) >= 2**32:
+            raise ValueError("je.scan(key=...): more than 2**32 random word pairs per loop")
+        if _is_threefry(key):
+            words = lambda start, m: _bulk_words(key, start, m, width, n)
+        else:
+            xs = (xs, _bulk_words(key, 0, n, width, n))
+
+    def call(user_carry: Any, x: Any) -> tuple[Any, Any]:
+        if root is None:
+            return f(user_carry, x)
+        x, w = x
+        return f(user_carry, x, LoopKey(w, root))
+
+    if handler is None:
+        return _run_scan(call, init, xs, n, reverse, unroll, remat, policy, every, words)
     children: list[Handler] = []
 
     def body(carry: Any, x: Any) -> tuple[Any, Any]:
         user_carry, state = carry
         child = handler.spawn(handler.loop_child(state), "loop")
         with child:
-            user_carry, y = f(user_carry, x)
+            user_carry, y = call(user_carry, x)
         children.append(child)
         state_out, records = child.loop_outputs()
         return (user_carry, state_out), (y, records)
 
-    (carry, state), (ys, records) = jax.lax.scan(
-        body, (init, handler.loop_state()), xs, length=length, reverse=reverse, unroll=unroll
+    (carry, state), (ys, records) = _run_scan(
+        body, (init, handler.loop_state()), xs, n, reverse, unroll, remat, policy, every, words
     )
-    n = length if length is not None else jax.tree_util.tree_leaves(xs)[0].shape[0]
-    handler.absorb_loop(state, records, children[-1], int(n))
+    handler.absorb_loop(state, records, children[-1], n)
     return carry, ys
+
+
+def _probe_words(f: Callable[..., Any], init: Any, xs: Any, handler: Handler | None) -> _Node:
+    """Trace the body once abstractly with a counting :class:`LoopKey`: the word layout."""
+    root = _Node()
+    x0 = jax.tree_util.tree_map(lambda a: jax.ShapeDtypeStruct(a.shape[1:], a.dtype), xs)
+
+    def run(state: Any, carry: Any, x: Any) -> Any:
+        if handler is None:
+            return f(carry, x, LoopKey(None, root))
+        child = handler.spawn(handler.loop_child(state), "loop")
+        with child:
+            return f(carry, x, LoopKey(None, root))
+
+    state = None if handler is None else handler.loop_state()
+    jax.eval_shape(run, state, init, x0)
+    return root
 
 
 def fori_loop(
     lower: int,
     upper: int,
-    body_fun: Callable[[Any, Any], Any],
+    body_fun: Callable[..., Any],
     init_val: Any,
     *,
     unroll: int | bool = 1,
+    key: jax.Array | None = None,
+    checkpoint: Any = False,
+    checkpoint_every: int | None = None,
 ) -> Any:
     """Drop-in for :func:`jax.lax.fori_loop` whose body may contain sample sites.
 
@@ -364,21 +659,38 @@ def fori_loop(
     then runs as ``jaxestim.scan`` over ``arange(lower, upper)``. For a data-dependent
     trip count use :func:`while_loop` with ``max_iterations`` (under
     :func:`jaxestim.finite_difference` a traced trip count runs as ``jax.lax.fori_loop``).
+
+    ``key``, ``checkpoint`` and ``checkpoint_every`` are as in :func:`scan` (static trip
+    count required); with ``key`` the body is called as ``body_fun(i, carry, k)``.
     """
     handler = current_handler()
     lo, hi = concrete(lower), concrete(upper)
     static = lo is not None and hi is not None and not lo.ndim and not hi.ndim
-    if handler is None or (not static and not handler.needs_bounded_loops):
+    extras = key is not None or checkpoint not in (False, None) or checkpoint_every is not None
+    if not extras and (handler is None or (not static and not handler.needs_bounded_loops)):
         return jax.lax.fori_loop(lower, upper, body_fun, init_val, unroll=unroll)
     if not static:
         raise EstimatorError(
-            "je.fori_loop: under an estimator transform `lower` and `upper` must be static "
-            "integers (the per-iteration records are stacked like scan outputs); got "
-            f"lower={lower!r}, upper={upper!r}. For a data-dependent trip count use "
-            "je.while_loop(cond_fun, body_fun, init_val, max_iterations=...)."
+            "je.fori_loop: under an estimator transform (and with key= or checkpointing) "
+            "`lower` and `upper` must be static integers (the per-iteration records are "
+            f"stacked like scan outputs); got lower={lower!r}, upper={upper!r}. For a "
+            "data-dependent trip count use je.while_loop(cond_fun, body_fun, init_val, "
+            "max_iterations=...)."
         )
     idx = jnp.arange(int(lo), int(hi))
-    carry, _ = scan(lambda c, i: (body_fun(i, c), None), init_val, idx, unroll=unroll)
+    if key is None:
+        step = lambda c, i: (body_fun(i, c), None)
+    else:
+        step = lambda c, i, k: (body_fun(i, c, k), None)
+    carry, _ = scan(
+        step,
+        init_val,
+        idx,
+        unroll=unroll,
+        key=key,
+        checkpoint=checkpoint,
+        checkpoint_every=checkpoint_every,
+    )
     return carry
 
 
@@ -397,10 +709,13 @@ def _check_max_iterations(max_iterations: Any) -> int:
 
 def while_loop(
     cond_fun: Callable[[Any], Any],
-    body_fun: Callable[[Any], Any],
+    body_fun: Callable[..., Any],
     init_val: Any,
     *,
     max_iterations: int | None = None,
+    key: jax.Array | None = None,
+    checkpoint: Any = False,
+    checkpoint_every: int | None = None,
 ) -> Any:
     """Drop-in for :func:`jax.lax.while_loop` whose body may contain sample sites.
 
@@ -419,6 +734,10 @@ def while_loop(
     :func:`jaxestim.finite_difference`, which runs a plain ``jax.lax.while_loop``. Outside a
     transform, ``max_iterations=None`` is exactly ``jax.lax.while_loop``.
 
+    ``key``, ``checkpoint`` and ``checkpoint_every`` are as in :func:`scan` and need
+    ``max_iterations``; with ``key`` the body is called as ``body_fun(carry, k)`` (words
+    are drawn for all ``max_iterations`` steps).
+
     Cost: ``max_iterations`` steps; under ``jax.vmap`` (as for the ``num_samples`` axis)
     each step evaluates the body for every sample even after it stopped, so choose a bound
     near the longest plausible run.
@@ -428,7 +747,14 @@ def while_loop(
     reports such comparisons.
     """
     handler = current_handler()
+    extras = key is not None or checkpoint not in (False, None) or checkpoint_every is not None
     if max_iterations is None:
+        if extras:
+            raise EstimatorError(
+                "je.while_loop: key= and checkpointing need max_iterations= (a static bound: "
+                "the random words of every step are drawn before the loop, and checkpoints "
+                "are placed along a fixed-length scan)"
+            )
         if handler is None or not handler.needs_bounded_loops:
             return jax.lax.while_loop(cond_fun, body_fun, init_val)
         raise EstimatorError(
@@ -439,10 +765,25 @@ def while_loop(
         )
     n = _check_max_iterations(max_iterations)
 
-    def step(x: Any, _: Any) -> tuple[Any, None]:
-        return cond(cond_fun(x), body_fun, lambda v: v, x), None
+    if key is None:
 
-    out, _ = scan(step, init_val, None, length=n)
+        def step(x: Any, _: Any) -> tuple[Any, None]:
+            return cond(cond_fun(x), body_fun, lambda v: v, x), None
+
+    else:
+
+        def step(x: Any, _: Any, k: LoopKey) -> tuple[Any, None]:
+            return cond(cond_fun(x), lambda v: body_fun(v, k), lambda v: v, x), None
+
+    out, _ = scan(
+        step,
+        init_val,
+        None,
+        length=n,
+        key=key,
+        checkpoint=checkpoint,
+        checkpoint_every=checkpoint_every,
+    )
     finished = jnp.logical_not(cond_fun(out))
 
     def poison(leaf: Any) -> Any:

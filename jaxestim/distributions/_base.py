@@ -186,7 +186,15 @@ def _safe_log1m(x: Array) -> Array:
 
 
 def _validate_key(key: Any) -> None:
-    """Checks that ``key`` is a single JAX PRNG key (typed, or legacy ``uint32[2]``)."""
+    """Checks that ``key`` is a single JAX PRNG key (typed, or legacy ``uint32[2]``) or a
+    :class:`RandomStream` (one sample site's share of randomness drawn in bulk)."""
+    if isinstance(key, RandomStream):
+        return
+    if getattr(key, "_jaxestim_loop_key", False):
+        raise TypeError(
+            "a je.scan(..., key=...) iteration key can only be passed to je.sample (or split "
+            "with its .split(n) method); distributions' own sample methods need a JAX PRNG key"
+        )
     dtype = getattr(key, "dtype", None)
     shape = getattr(key, "shape", None)
     if dtype is None or shape is None:
@@ -386,6 +394,9 @@ class ContinuousDistribution(Distribution):
     #: whether ``_rsample`` turns NaN parameters into NaN samples by arithmetic alone (then
     #: invalid parameters are set to NaN before sampling rather than the samples after)
     _nan_params_propagate: ClassVar[bool] = False
+    #: whether ``_rsample`` draws from a :class:`RandomStream` itself (via
+    #: :func:`_std_normal` / :func:`_open_uniform`); other families get ``stream.jax_key()``
+    _stream_native: ClassVar[bool] = False
 
     def _with_nan_params(self) -> ContinuousDistribution:
         """This distribution with every parameter NaN in invalid batch elements.
@@ -413,6 +424,8 @@ class ContinuousDistribution(Distribution):
             NaN for batch elements whose (traced) parameters are invalid.
         """
         _validate_key(key)
+        if isinstance(key, RandomStream) and not self._stream_native:
+            key = key.jax_key()  # samplers that need more than one word per draw
         shape = self._full_shape(sample_shape)
         if self._nan_params_propagate:
             # NaN parameters where invalid: O(batch) work instead of O(sample x batch)
@@ -490,8 +503,77 @@ def _open_uniform(key: Array, shape: Shape, dtype: Any) -> Array:
     dtype = jnp.dtype(dtype)
     work = jnp.dtype(jnp.float64) if dtype.itemsize == 8 else jnp.dtype(jnp.float32)
     width = 8 * work.itemsize
-    bits = jax.random.bits(key, shape, jnp.uint64 if width == 64 else jnp.uint32)
+    if isinstance(key, RandomStream):
+        bits = key.bits(shape, width)
+    else:
+        bits = jax.random.bits(key, shape, jnp.uint64 if width == 64 else jnp.uint32)
     u = (bits.astype(work) + jnp.asarray(0.5, work)) * jnp.asarray(math.ldexp(1.0, -width), work)
     finfo = jnp.finfo(dtype)
     u = u.astype(dtype)
     return jnp.clip(u, jnp.asarray(finfo.tiny, dtype), jnp.asarray(1.0 - finfo.epsneg, dtype))
+
+
+def _std_normal(key: Any, shape: Shape, dtype: Any) -> Array:
+    """Standard normal draws: ``jax.random.normal`` for a JAX key; for a :class:`RandomStream`
+    ``sqrt(2) erfinv(2u - 1)`` of one open uniform ``u`` per draw (one random word each)."""
+    if not isinstance(key, RandomStream):
+        return jax.random.normal(key, shape, dtype)
+    u = _open_uniform(key, shape, dtype)
+    two = jnp.asarray(2.0, u.dtype)
+    return jnp.sqrt(two) * jax.lax.erf_inv(two * u - jnp.asarray(1.0, u.dtype))
+
+
+def as_jax_key(key: Any) -> Array:
+    """``key`` itself, or for a :class:`RandomStream` a JAX key made of two of its words."""
+    return key.jax_key() if isinstance(key, RandomStream) else key
+
+
+class RandomStream:
+    """One sample site's share of random words drawn in bulk (``je.scan(..., key=...)``).
+
+    Key-like: distributions accept it wherever they take a key. Discrete families sample
+    by inversion from :meth:`DiscreteDistribution.uniforms`, which takes one 32-bit word per
+    draw (two for float64) from the stream; ``Normal``, ``LogNormal`` and
+    ``MultivariateNormal`` take one word per coordinate (``sqrt(2) erfinv(2u - 1)``); every
+    other sampler (Gamma's rejection sampler, ...) takes two words that form a threefry
+    key (:meth:`jax_key`) and samples from it as usual. Words are consumed in request
+    order, so the same stream contents give the same draws.
+
+    ``words=None`` is the *counting* mode used while ``je.scan`` traces its body abstractly
+    to learn how many words each site needs: requests return zeros and are counted.
+    """
+
+    def __init__(self, words: Array | None, size: int | None = None) -> None:
+        self._words = words
+        self._size = None if words is None else int(words.shape[0]) if size is None else size
+        self.used = 0
+
+    @property
+    def counting(self) -> bool:
+        return self._words is None
+
+    def take(self, n: int) -> Array:
+        """The next ``n`` uint32 words of the stream."""
+        start, self.used = self.used, self.used + n
+        if self._words is None:
+            return jnp.zeros((n,), jnp.uint32)
+        if self.used > self._size:
+            raise RuntimeError(
+                f"jaxestim: a sample site asked for {self.used} random words but its bulk "
+                f"draw holds {self._size}; the loop body drew differently in je.scan's "
+                "counting trace and in its real trace (is the body a pure function of its "
+                "arguments?)"
+            )
+        return self._words[start : self.used]
+
+    def bits(self, shape: Shape, width: int) -> Array:
+        """Random ``width``-bit unsigned integers of ``shape`` (``width`` 32 or 64)."""
+        n = math.prod(shape)
+        if width == 32:
+            return self.take(n).reshape(shape)
+        w = self.take(2 * n).astype(jnp.uint64).reshape((n, 2))
+        return ((w[:, 0] << jnp.uint64(32)) | w[:, 1]).reshape(shape)
+
+    def jax_key(self) -> Array:
+        """A threefry JAX key from the next two words (for samplers that need a key)."""
+        return jax.random.wrap_key_data(self.take(2), impl="threefry2x32")

@@ -36,6 +36,7 @@ from ._base import (
     _float_params,
     _is_traced,
     _positive,
+    _std_normal,
 )
 
 __all__ = [
@@ -128,8 +129,10 @@ class Normal(_LocScale):
     traced invalid (out-of-range, NaN) parameters give NaN ``log_prob`` and samples.
     """
 
+    _stream_native = True
+
     def _standard(self, key: Array, shape: Shape, dtype: np.dtype) -> Array:
-        return jax.random.normal(key, shape, dtype)
+        return _std_normal(key, shape, dtype)
 
     def log_prob(self, value: ArrayLike) -> Array:
         """Log density of ``value`` (NaN where the parameters are invalid)."""
@@ -155,8 +158,10 @@ class LogNormal(_LocScale):
     traced invalid (out-of-range, NaN) parameters give NaN ``log_prob`` and samples.
     """
 
+    _stream_native = True
+
     def _standard(self, key: Array, shape: Shape, dtype: np.dtype) -> Array:
-        return jax.random.normal(key, shape, dtype)
+        return _std_normal(key, shape, dtype)
 
     def _rsample(self, key: Array, shape: Shape) -> Array:
         return jnp.exp(super()._rsample(key, shape))
@@ -692,8 +697,10 @@ class MultivariateNormal(ContinuousDistribution):
             ),
         )
 
+    _stream_native = True
+
     def _rsample(self, key: Array, shape: Shape) -> Array:
-        eps = jax.random.normal(key, shape, self.dtype)
+        eps = _std_normal(key, shape, self.dtype)
         return self._loc + jnp.matmul(self.scale_tril, eps[..., None])[..., 0]
 
     def log_prob(self, value: ArrayLike) -> Array:
