@@ -39,3 +39,61 @@ def test_quick_benchmark_writes_report(tmp_path):
         assert f"\n{heading}\n" in f"\n{text}", f"missing section {heading!r}"
     assert "no accelerator was lent" in text
     assert "| W1 | pathwise |" in text
+
+
+def test_quick_particle_filter_benchmark_prints_table():
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "particle_filter.py"), "--quick"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    text = proc.stdout
+    assert "| Categorical site | stochastic_ad |" in text
+    assert "| je.resample + new_weight | pathwise | stratified |" in text
+    assert "| Kalman filter (exact) |" in text
+
+
+def test_big_programs_quick(tmp_path):
+    """``benchmarks/big_programs.py --quick``: all three sections of issue 9's study run."""
+    out = tmp_path / "big.md"
+    proc = subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "benchmarks" / "big_programs.py"),
+            "--quick",
+            "--out",
+            str(out),
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    text = out.read_text()
+    for heading in (
+        "### (a) Cost vs number of parameters",
+        "### (b) XLA temp memory vs loop length and grid size",
+        "### (c) Work-normalized variance",
+    ):
+        assert heading in text, f"missing section {heading!r}"
+    assert "| 106 (2) | " in text  # (a): P = 106, hidden width 2
+    assert "| `score_function (LOO)` | " in text  # (b)
+    assert "| random walk (100 Bernoulli steps) | 1 | `stochastic_ad (forward)` |" in text
+
+
+def test_quick_loops_benchmark():
+    """``benchmarks/loops.py --quick`` prints its speed and memory tables."""
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "loops.py"), "--quick"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "## Speed" in proc.stdout and "## Memory" in proc.stdout
+    assert "je.scan(..., key=key)" in proc.stdout and "checkpoint_every=k" in proc.stdout
