@@ -182,20 +182,21 @@ def new_log_weight(log_p: Any) -> jax.Array:
 def _ancestors(key: jax.Array, logits: jax.Array, num: int, method: str) -> jax.Array:
     """``num`` ancestor indices with expected offspring counts ``num * softmax(logits)``.
 
-    ``logits`` carry no derivative. Particles of weight 0 are never chosen: multinomial
-    draws use the Gumbel-max trick (``-inf`` never wins); the stratified and systematic
-    inverse CDF maps every position in ``[0, 1)`` to a particle whose CDF interval
-    ``[F_{j-1}, F_j)`` is non-empty, and positions at or above the last positive
-    particle's lower end (floating-point round-off) to that particle.
+    ``logits`` carry no derivative. All three map positions in ``[0, 1)`` (i.i.d. uniforms,
+    one per stratum, or one shared offset) through the inverse CDF, ``O(M log N)``: a
+    position lands in a particle whose CDF interval ``[F_{j-1}, F_j)`` is non-empty, so
+    particles of weight 0 are never chosen, and positions at or above the last positive
+    particle's lower end (floating-point round-off) go to that particle.
     """
     n = logits.shape[0]
-    if method == "multinomial":
-        return jax.random.categorical(key, logits, shape=(num,)).astype(jnp.int32)
     p = jnp.exp(logits - jnp.max(logits))
     cdf = jnp.cumsum(p)
     cdf = cdf / cdf[-1]
     last = n - 1 - jnp.argmax((p > 0)[::-1])
     cdf = jnp.where(jnp.arange(n) >= last, jnp.inf, cdf)
+    if method == "multinomial":  # i.i.d. uniforms through the inverse CDF: O(M log N)
+        idx = jnp.searchsorted(cdf, jax.random.uniform(key, (num,), logits.dtype), side="right")
+        return jnp.minimum(idx, last).astype(jnp.int32)
     if method == "systematic":
         u = jax.random.uniform(key, (), logits.dtype)
     else:
