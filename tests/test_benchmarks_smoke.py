@@ -97,3 +97,18 @@ def test_quick_loops_benchmark():
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert "## Speed" in proc.stdout and "## Memory" in proc.stdout
     assert "je.scan(..., key=key)" in proc.stdout and "checkpoint_every=k" in proc.stdout
+
+
+def test_quick_compile_time_benchmark_runs():
+    """``benchmarks/compile_time.py --quick`` prints its table and the je.compare timing."""
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "compile_time.py"), "--quick"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "| W1 | je.grad, pathwise | 16 | 1 |" in proc.stdout
+    assert "je.grad_samples, score_function(LOO)" in proc.stdout
+    assert "je.compare on the SIR model" in proc.stdout
