@@ -95,8 +95,8 @@ def scan_has_checkpoint_every() -> bool:
 
 
 def interleaved_medians(
-    fns: dict[str, Callable[[], Any]], repeats: dict[str, int], batch_s: float = 0.05
-) -> dict[str, float]:
+    fns: dict[Any, Callable[[], Any]], repeats: dict[Any, int], batch_s: float = 0.05
+) -> dict[Any, float]:
     """Median seconds per call of each zero-argument callable, timed round-robin.
 
     Each callable is warmed up once; a repeat is a batch of calls (each blocked on) lasting
@@ -112,7 +112,7 @@ def interleaved_medians(
         dt = time.perf_counter() - t0
         inner[k] = max(1, min(200, int(batch_s / max(dt, 1e-7))))
     rounds = max(repeats.values())
-    times: dict[str, list[float]] = {k: [] for k in fns}
+    times: dict[Any, list[float]] = {k: [] for k in fns}
     for r in range(rounds):
         for k, f in fns.items():
             # run in rounds where floor(r * reps / rounds) steps up: evenly spread
@@ -228,30 +228,33 @@ def section_a(cfg: argparse.Namespace, key: jax.Array) -> str:
     diag = "hand-written REINFORCE, per-sample grads"
     names = ["primal", *ests, diag]
     res: dict[int, dict[str, Any]] = {}
-    for target in sizes:
+    fns, reps = {}, {}
+    for target in sizes:  # compile everything first, then time all sizes interleaved
         hidden = a_hidden_for(target)
         params = a_params(hidden)
         P = a_num_params(hidden)
         print(f"(a) P = {P} (hidden {hidden})", flush=True)
-        fns, comp = {}, {}
+        comp = {}
         c, comp["primal"] = compile_timed(primal(a_mlp, n), key, params)
-        fns["primal"] = functools.partial(c, key, params)
+        fns[P, "primal"] = functools.partial(c, key, params)
         for name, est in ests.items():
             if est is None:
                 continue
             c, comp[name] = compile_timed(je.grad(a_mlp, est, num_samples=n), key, params)
-            fns[name] = functools.partial(c, key, params)
+            fns[P, name] = functools.partial(c, key, params)
             print(f"  compiled {name} in {comp[name]:.1f} s", flush=True)
         c, comp[diag] = compile_timed(a_per_sample_reinforce(n), key, params)
-        fns[diag] = functools.partial(c, key, params)
-        slow = P > cfg.a_slow_above
-        reps = {k: cfg.repeats for k in fns}
-        if slow and "stochastic_ad (forward)" in fns:
-            reps["stochastic_ad (forward)"] = cfg.slow_repeats
-        t = interleaved_medians(fns, reps)
-        for k in fns:
-            print(f"  {k:42s} {fmt_time(t[k]):>10s}  {t[k] / t['primal']:8.3g}x primal", flush=True)
-        res[P] = {"hidden": hidden, "t": t, "compile": comp}
+        fns[P, diag] = functools.partial(c, key, params)
+        for k in names:
+            if (P, k) in fns:
+                slow = P > cfg.a_slow_above and k == "stochastic_ad (forward)"
+                reps[P, k] = cfg.slow_repeats if slow else cfg.a_repeats
+        res[P] = {"hidden": hidden, "compile": comp}
+    times = interleaved_medians(fns, reps)
+    for P in res:
+        t = res[P]["t"] = {k: v for (p, k), v in times.items() if p == P}
+        for k, v in t.items():
+            print(f"  P={P:6d} {k:42s} {fmt_time(v):>10s} {v / t['primal']:8.3g}x primal")
 
     Ps = sorted(res)
     header = ["P (hidden width)", *[f"`{k}`" if k != "primal" else "primal run" for k in names]]
@@ -286,7 +289,8 @@ def section_a(cfg: argparse.Namespace, key: jax.Array) -> str:
         f"MLP {A_IN} → H → {A_OUT} (tanh), its {A_OUT} outputs the logits of {A_OUT} Bernoulli "
         f"sites, `f = -(w·a - {A_TARGET:g})² / 8`; N = {n} samples per `je.grad` call. Cells: "
         "median time per call (and its multiple of one primal run, the program vmapped over "
-        f"the same {n} keys outside any transform). Timed interleaved; {cfg.repeats} repeats "
+        f"the same {n} keys outside any transform). All sizes and estimators timed "
+        f"interleaved in one loop; {cfg.a_repeats} repeats "
         f"(forward `stochastic_ad` above P = {cfg.a_slow_above:,}: {cfg.slow_repeats}). The "
         "last column is a diagnostic, not an estimator of jaxestim: the plain-JAX score "
         "function with one gradient per sample (`vmap(grad)`, then the mean), i.e. the cost of "
@@ -719,6 +723,7 @@ def config(args: argparse.Namespace) -> argparse.Namespace:
     args.spsa_dirs = 16
     args.repeats = args.repeats or (1 if q else 9)
     args.slow_repeats = 1 if q else 3
+    args.a_repeats = 1 if q else 21
     args.b_samples = 8 if q else 1000
     args.b_fixed_g, args.b_fixed_t = (4, 10) if q else (100, 100)
     args.b_lengths = [5, 10] if q else [100, 1_000, 10_000]
