@@ -23,6 +23,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from jax.experimental import checkify, io_callback
+from jax.extend.core import jaxpr_as_fun
 from jax.flatten_util import ravel_pytree
 
 from jaxestim import _validation
@@ -34,7 +35,9 @@ from jaxestim._estimators import (
     Estimator,
     ScoreFunction,
     SurrogateHandler,
+    WholeProgramHandler,
 )
+from jaxestim._handlers import current_handler
 from jaxestim._util import check_key, tree_add, tree_scale
 
 _LEAK_HINT = (
@@ -73,23 +76,62 @@ def _split(fun_out: Any, has_aux: bool, where: str) -> tuple[jax.Array, Any]:
     return f, aux
 
 
+def _trace_once(fn: Callable, *args: Any) -> tuple[Callable, Any]:
+    """``fn`` traced once, for the abstract values of ``args``, into a jaxpr.
+
+    Returns ``(call, out_shapes)``: ``call(*args)`` (arguments with the same abstract
+    values) binds the jaxpr's operations, the very ones ``fn(*args)`` would bind, without
+    running ``fn``'s Python again; the transforms use it so that the user's program is
+    traced once however often it is evaluated (chunk bodies, remainder chunk,
+    leave-one-out totals, boundary checks). Values ``fn`` closes over (tracers of an
+    enclosing trace included) become the jaxpr's constants. Site-level estimates are
+    bit-identical to tracing ``fn`` at each use; the whole-program estimators' may differ
+    in float32 rounding (XLA fuses the same operations differently), as they already did
+    between chunk sizes.
+    """
+    closed, shapes = jax.make_jaxpr(fn, return_shape=True)(*args)
+    out_tree = jax.tree_util.tree_structure(shapes)
+    run = jaxpr_as_fun(closed)
+
+    def call(*a: Any) -> Any:
+        return jax.tree_util.tree_unflatten(out_tree, run(*jax.tree_util.tree_leaves(a)))
+
+    return call, shapes
+
+
+class _Once:
+    """``fn`` traced once per abstract signature of its arguments (see :func:`_trace_once`)."""
+
+    def __init__(self, fn: Callable):
+        self.fn = fn
+        self.traced: dict[Any, Callable] = {}
+
+    def __call__(self, *args: Any) -> Any:
+        leaves, tree = jax.tree_util.tree_flatten(args)
+        sig = (tree, tuple(jax.typeof(x) for x in leaves))
+        if sig not in self.traced:
+            self.traced[sig] = _trace_once(self.fn, *args)[0]
+        return self.traced[sig](*args)
+
+
 def _scan_chunks(fn: Callable, keys: jax.Array, chunk_size: int | None) -> tuple[Any, Any]:
     """Apply ``fn(keys_chunk) -> (summable, per_sample)`` over chunks of ``keys``.
 
     Returns the sum of the first outputs and the per-sample outputs concatenated along
-    axis 0. With ``chunk_size`` None (or >= N) it is just ``fn(keys)``.
+    axis 0. With ``chunk_size`` None (or >= N) it is just ``fn(keys)``. ``fn`` is traced
+    once for the full chunks (that trace gives the accumulator's shape and is the scan
+    body) and once more for a remainder chunk of ``N mod chunk_size`` samples.
     """
     n_total = keys.shape[0]
     if chunk_size is None or chunk_size >= n_total:
         return fn(keys)
     n, r = divmod(n_total, chunk_size)
     main = keys[: n * chunk_size].reshape((n, chunk_size, *keys.shape[1:]))
-    with _validation.validating(False):  # a shape probe: no checks to functionalize
-        acc_shape, _ = jax.eval_shape(fn, main[0])
+    chunk, (acc_shape, _) = _trace_once(fn, main[0])
     acc0 = jax.tree_util.tree_map(lambda s: jnp.zeros(s.shape, s.dtype), acc_shape)
 
     def body(acc: Any, kc: jax.Array) -> tuple[Any, Any]:
-        a, per = fn(kc)
+        a, per = chunk(kc)
         return tree_add(acc, a), per
 
     acc, per = jax.lax.scan(body, acc0, main)
@@ -465,6 +507,18 @@ def _leaf_kind(x: Any) -> str:
     return type(x).__name__
 
 
+class _SiteProgram(NamedTuple):
+    """The per-sample program of a site-level estimator, traced once (:meth:`_Run.program`).
+
+    ``call(key, diff) -> (f, logp, aux)``; ``groups`` are its score-function groups (the
+    keys of ``logp`` index them); ``boundary``: some site records a support-boundary term.
+    """
+
+    call: Callable
+    groups: list
+    boundary: bool
+
+
 class _Run:
     """One trace of a transform: the program, its estimator and its fixed arguments."""
 
@@ -476,6 +530,7 @@ class _Run:
         # False once a site whose estimate is not differentiable again (straight-through,
         # Gumbel-softmax at a discrete site) has been traced.
         self.higher_order_ok = True
+        self._program: _SiteProgram | None = None
 
     def higher_order_message(self) -> str:
         name = self.est.name
@@ -495,20 +550,35 @@ class _Run:
     def eval(self, key: jax.Array, diff: tuple) -> tuple[jax.Array, Any]:
         return _split(self.t.fun(key, *self.assemble(diff)), self.t.has_aux, self.t.where)
 
+    def program(self, key: jax.Array, diff: tuple) -> _SiteProgram:
+        """The program for one sample under the estimator's site handler, traced once.
+
+        ``key`` is one per-sample key (only its abstract value matters). Every later
+        evaluation (:meth:`terms`: chunks, the remainder chunk, the leave-one-out total,
+        the per-sample boundary checks) binds the operations of this one trace; what the
+        trace learned in Python (the score-function groups, whether a relaxed site was
+        met, whether a site can reach a support boundary) comes with it.
+        """
+        if self._program is None:
+            shared = SurrogateHandler.new_shared(self.num_samples)
+
+            def one(k: jax.Array, d: tuple):
+                h = SurrogateHandler(self.est, self.num_samples, shared)
+                with h:
+                    f, aux = self.eval(k, d)
+                return f, h.logp, aux
+
+            call, (_, logp, _) = _trace_once(one, key, diff)
+            if not shared.get("higher_order_ok", True):
+                self.higher_order_ok = False
+            self._program = _SiteProgram(call, list(shared["groups"]), BOUNDARY in logp)
+        return self._program
+
     def terms(self, keys: jax.Array, diff: tuple):
         """Per-sample objective, score-function log-probs by group, aux, and the groups."""
-        shared = SurrogateHandler.new_shared(self.num_samples)
-
-        def one(k: jax.Array):
-            h = SurrogateHandler(self.est, self.num_samples, shared)
-            with h:
-                f, aux = self.eval(k, diff)
-            return f, h.logp, aux
-
-        f, logp, aux = jax.vmap(one)(keys)
-        if not shared.get("higher_order_ok", True):
-            self.higher_order_ok = False
-        return f, logp, aux, shared["groups"]
+        prog = self.program(keys[0], diff)
+        f, logp, aux = jax.vmap(lambda k: prog.call(k, diff))(keys)
+        return f, logp, aux, prog.groups
 
     def combine(self, f, logp, groups: list[ScoreFunction], total, state):
         r"""Per-sample DiCE surrogate with baselines (Foerster et al., 2018; Mao et al., 2019).
@@ -547,8 +617,9 @@ class _Run:
     def boundary_nan(self, kc, diff, g, count):
         """Per-sample gradients ``g`` made NaN where a score site's support boundary moves.
 
-        See :func:`_boundary_terms`; the check re-runs the chunk's program (only when some
-        sample of the chunk touched a boundary) to differentiate each sample's boundary term.
+        See :func:`_boundary_terms`; the check evaluates the chunk's program again (only when
+        some sample of the chunk touched a boundary) to differentiate each sample's boundary
+        term. Called only when the program has a site that can reach a boundary.
         """
 
         def sample_bad(k):
@@ -568,16 +639,8 @@ class _Run:
         return _nan_where(bad, g)
 
     def needs_total(self, keys, diff) -> bool:
-        """Whether a leave-one-out baseline occurs (found by tracing one sample abstractly)."""
-        groups: list = []
-
-        def probe(k):
-            *_, g = self.terms(k[None], diff)
-            groups.extend(g)
-
-        with _validation.validating(False):
-            jax.eval_shape(probe, keys[0])
-        return any(isinstance(g.baseline, str) for g in groups)
+        """Whether a leave-one-out baseline occurs (known from the program's one trace)."""
+        return any(isinstance(g.baseline, str) for g in self.program(keys[0], diff).groups)
 
     def total(self, keys, diff):
         def fwd(kc):
@@ -597,6 +660,7 @@ class _Run:
         n = self.num_samples
         chunked = self.chunk_size is not None and self.chunk_size < n
         per_sample = self.kind == "grad_samples"
+        self.program(keys[0], diff)  # the one trace of the program, at the top level
         total = None
         if (chunked or per_sample) and self.needs_total(keys, diff):
             total = self.total(keys, diff)
@@ -617,7 +681,9 @@ class _Run:
                     return g, s, f, aux, count, inv
 
                 g, s, f, aux, count, inv = jax.vmap(one)(kc)
-                g = self.boundary_nan(kc, diff, _nan_where(inv > 0, g), count)
+                g = _nan_where(inv > 0, g)
+                if self.program(keys[0], diff).boundary:
+                    g = self.boundary_nan(kc, diff, g, count)
                 return jnp.sum(s), (g, f, aux)
 
             ssum, (grads, f, aux) = _scan_chunks(fn, keys, self.chunk_size)
@@ -649,13 +715,26 @@ class _Run:
         theta, unravel = ravel_pytree(diff)
         est = self.est
 
+        def plain(k, th):
+            with WholeProgramHandler(est.name):
+                return self.eval(k, unravel(th))
+
+        plain = _Once(plain)
+
         def call(k, th):
+            # Plain runs (finite differences evaluate the program at several thetas) are
+            # traced once; handlers that record or replay (stochastic_ad) must see their
+            # own run of the program.
+            if type(current_handler()) is WholeProgramHandler:
+                return plain(k, th)
             return self.eval(k, unravel(th))
 
         def one(k):
             out, err = _functional_checks(lambda k: est.per_sample(call, k, theta))(k)
             _rethrow(err)
             return out
+
+        one = _Once(one)
 
         def fn(kc):
             f, g, aux = jax.vmap(one)(kc)
