@@ -617,33 +617,54 @@ def _triple(call, key, theta, v, select_key) -> tuple[StochasticTriple, Any]:
     return StochasticTriple(f, df, f_alt, total.astype(f.dtype)), aux
 
 
-def _reverse(call, key, theta, select_key, coupling):
-    """``(value, gradient estimate, aux)`` of one sample in reverse mode."""
-    dtype = jnp.result_type(float)
-    flags = {}
+def _reverse(call, keys, theta, coupling, batched, cache=None):
+    """Reverse mode: ``(value, gradient estimate, aux)`` of one sample (``keys`` one key), or
+    with ``batched=True`` of ``keys`` stacked, returning the *sum* of their gradient
+    estimates from one reverse pass over the batch (no per-sample gradient is formed).
 
-    def prog(th):
-        h = _ReverseRecord(select_key, coupling, res=_empty_reverse_state(dtype))
+    ``cache`` (a dict kept by the caller across chunks) holds the record and replay runs
+    traced once each (``_Once``), so chunks of any size do not trace the program again."""
+    dtype = jnp.result_type(float)
+    flags = {} if cache is None else cache.setdefault("flags", {})
+
+    def prog_one(key, th):
+        select = fold_in_str(key, "stochastic_ad")
+        h = _ReverseRecord(select, coupling, res=_empty_reverse_state(dtype))
         with h:
             f, aux = call(key, th)
         flags["boundary"] = h.has_boundary
         r = h.res
         return (f, r["a"], r["b"]), (aux, r["m"], r["elem"], r["target"], r["nat"])
 
+    def replay(key, elem, target, th):
+        with _ReplayHandler(elem, target):
+            return call(key, th)[0]
+
+    if cache is not None:
+        from jaxestim._transforms import _Once
+
+        prog_one = cache.setdefault("record", _Once(prog_one))
+        replay = cache.setdefault("replay", _Once(replay))
+    if batched:
+        prog = lambda th: jax.vmap(prog_one, in_axes=(0, None))(keys, th)
+        replay_batch = jax.vmap(replay, in_axes=(0, 0, 0, None))
+    else:
+        prog = lambda th: prog_one(keys, th)
     (f, a, b), vjp_fn, (aux, m, elem, target, nat) = jax.vjp(prog, theta, has_aux=True)
     elem = jnp.where(m > 0, elem, -1)
-    with _ReplayHandler(elem, target):
-        f_alt, _ = call(key, theta)
+    f_alt = (replay_batch if batched else replay)(keys, elem, target, theta)
     c = jnp.where(m > 0, m.astype(f.dtype) * (f_alt - f), 0.0)
-    one = jnp.ones_like(f)
-    (g,) = vjp_fn((one, c.astype(a.dtype), jnp.zeros_like(b)))
+    (g,) = vjp_fn((jnp.ones_like(f), c.astype(a.dtype), jnp.zeros_like(b)))
     if flags["boundary"]:
-        # a boundary parameter at its boundary that depends on theta: no derivative
+        # a boundary parameter at its boundary that depends on theta: no derivative. In a
+        # batch, samples get distinct fixed weights so their boundary terms cannot cancel.
+        weights = _mix(jnp.arange(jnp.size(b), dtype=jnp.int32), b.dtype).reshape(jnp.shape(b))
+
         def moved():
-            (gb,) = vjp_fn((jnp.zeros_like(f), jnp.zeros_like(a), jnp.ones_like(b)))
+            (gb,) = vjp_fn((jnp.zeros_like(f), jnp.zeros_like(a), weights))
             return jnp.any(gb != 0)
 
-        bad = jax.lax.cond(nat > 0, moved, lambda: jnp.asarray(False))
+        bad = jax.lax.cond(jnp.any(nat > 0), moved, lambda: jnp.asarray(False))
         g = jnp.where(bad, jnp.asarray(jnp.nan, g.dtype), g)
     return f, g, aux
 
@@ -713,11 +734,23 @@ class StochasticAD(Estimator):
                 "both ways at the rates of the inversion coupling)"
             )
 
+    @property
+    def sums_batch(self) -> bool:
+        """Whether :meth:`per_batch` gives the summed gradient of a batch directly (reverse
+        mode: one reverse pass for the batch, so the cost of a ``P``-parameter gradient is
+        not multiplied by the number of samples). Forward mode has only per-sample runs."""
+        return self.mode == "reverse"
+
+    def per_batch(self, call, keys, theta, cache):
+        """``(values, sum of gradient estimates, aux)`` over stacked ``keys`` (reverse mode);
+        ``cache``: a dict the caller keeps across chunks (the traced record/replay runs)."""
+        return _reverse(call, keys, theta, self.coupling, batched=True, cache=cache)
+
     def per_sample(self, call, key, theta):
         """``(value, gradient estimate, aux)`` for one sample; ``call(key, theta_flat)``."""
-        select = fold_in_str(key, "stochastic_ad")
         if self.mode == "reverse":
-            return _reverse(call, key, theta, select, self.coupling)
+            return _reverse(call, key, theta, self.coupling, batched=False)
+        select = fold_in_str(key, "stochastic_ad")
         num = self.num_directions
         dirs = direction_matrix(theta, num, fold_in_str(key, "sad-directions"), jax.random.normal)
         n = dirs.shape[0]

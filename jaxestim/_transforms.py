@@ -735,8 +735,18 @@ class _Run:
             return out
 
         one = _Once(one)
+        batch_cache: dict[str, Any] = {}
 
         def fn(kc):
+            if self.kind != "grad_samples" and getattr(est, "sums_batch", False):
+                # one reverse pass for the chunk (reverse-mode stochastic_ad): no per-sample
+                # gradient of size P is formed
+                out, err = _functional_checks(
+                    lambda ks: est.per_batch(call, ks, theta, batch_cache)
+                )(kc)
+                _rethrow(err)
+                f, gsum, aux = out
+                return gsum, (f, aux)
             f, g, aux = jax.vmap(one)(kc)
             if self.kind == "grad_samples":
                 return None, (g, f, aux)

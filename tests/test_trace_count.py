@@ -55,6 +55,8 @@ CASES = {
     "finite_difference": (je.finite_difference(), mixed, 1),
     "finite_difference_fwd": (je.finite_difference(scheme="forward"), mixed, 1),
     "stochastic_ad": (je.stochastic_ad(), mixed, 2),
+    "stochastic_ad_reverse": (je.stochastic_ad(mode="reverse"), mixed, 2),
+    "stochastic_ad_reverse_loop": (je.stochastic_ad(mode="reverse"), looped, 2),
     "auto": (je.auto(), mixed, 1),
     "auto_loop": (je.auto(), looped, 1),
 }
