@@ -718,7 +718,7 @@ def section_c(cfg: argparse.Namespace, key: jax.Array) -> str:
 def config(args: argparse.Namespace) -> argparse.Namespace:
     q = args.quick
     args.a_samples = 4 if q else 16
-    args.a_sizes = [100, 200] if q else [100, 1_000, 10_000]
+    args.a_sizes = [100] if q else [100, 1_000, 10_000]
     args.a_slow_above = 150 if q else 3_000
     args.spsa_dirs = 16
     args.repeats = args.repeats or (1 if q else 9)
