@@ -33,7 +33,7 @@ from jaxestim._estimators import (
     select,
     straight_through,
 )
-from jaxestim._handlers import cond, fori_loop, sample, scan, switch, while_loop
+from jaxestim._handlers import LoopKey, cond, fori_loop, sample, scan, switch, while_loop
 from jaxestim._resampling import new_log_weight, new_weight, resample
 from jaxestim._stochastic_ad import StochasticAD, StochasticTriple, stochastic_ad, stochastic_triple
 from jaxestim._transforms import grad, grad_samples, value_and_grad
@@ -49,6 +49,7 @@ __all__ = [
     "Finding",
     "FiniteDifference",
     "GumbelSoftmax",
+    "LoopKey",
     "Pathwise",
     "Recommendation",
     "ScoreFunction",

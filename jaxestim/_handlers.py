@@ -22,6 +22,17 @@ out explicitly:
 * :func:`while_loop` is a :func:`scan` over ``max_iterations`` steps whose body is
   ``cond(cond_fun(x), body_fun, identity)``: iterations after the loop has stopped record
   nothing and do not change the carry.
+* Bulk randomness: ``scan(body, init, xs, key=key)`` (likewise :func:`fori_loop`,
+  :func:`while_loop`) draws every iteration's random words before the loop from one key
+  (one threefry hash per two words, a pure function of ``(key, iteration, position)``) and
+  hands the body a :class:`LoopKey` per iteration, so a simulation does not split and hash
+  a key per step. Same key, same draws, under every estimator.
+* Memory: ``checkpoint=True`` (or a ``jax.checkpoint_policies`` policy) recomputes each
+  iteration in the backward pass; ``checkpoint_every=k`` runs ``T / k`` checkpointed
+  segments of ``k`` steps (``k ~ sqrt(T)``: memory ``O(sqrt(T))`` for one extra forward
+  pass). Only reverse-mode estimators (pathwise, score function, relaxations, reverse
+  ``stochastic_ad``) store per-iteration residuals; forward-mode ``stochastic_ad`` and
+  finite differences are flat in ``T`` without it.
 
 A site whose estimator records and which runs inside *plain* JAX control flow or a
 transformation inside the program (``jax.lax.cond``, ``while_loop``, ``scan``, an inner
