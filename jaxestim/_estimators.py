@@ -393,7 +393,7 @@ class SurrogateHandler(Handler):
         Also records the site's support-boundary terms (see ``_transforms._boundary_terms``):
         the score function is biased where the support changes with the parameters.
         """
-        lp = dist.log_prob(x)
+        lp = dist._sampled_log_prob(x)
         if self._mask is not None:
             lp = jnp.where(self._mask, lp, 0.0)
         sb = dist._support_boundary()

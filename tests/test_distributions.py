@@ -1022,3 +1022,24 @@ def test_no_nan_categorical():
             g = jax.grad(lambda x: jnp.sum(cls(probs=x).log_prob(value)))(probs)
             assert np.all(np.isfinite(np.asarray(g)))
             assert np.all(np.isfinite(np.asarray(cls(probs=probs).cdf(v.astype(jnp.float32)))))
+
+
+@pytest.mark.parametrize("param", ["probs", "logits"])
+def test_bernoulli_sampled_log_prob_matches_log_prob(param):
+    # the score function's fast path: same value and gradient at values the site can draw
+    def both(theta, x):
+        d = D.Bernoulli(**{param: theta})
+        return d._sampled_log_prob(x), d.log_prob(x)
+
+    thetas = [1e-6, 0.3, 0.5, 0.999] if param == "probs" else [-12.0, -0.4, 0.0, 3.0]
+    for t in thetas:
+        for x in (0.0, 1.0):
+            fast, ref = both(jnp.float32(t), x)
+            np.testing.assert_allclose(fast, ref, rtol=2e-6, atol=1e-7)
+            g_fast = jax.grad(lambda th, x=x: both(th, x)[0])(jnp.float32(t))
+            g_ref = jax.grad(lambda th, x=x: both(th, x)[1])(jnp.float32(t))
+            np.testing.assert_allclose(g_fast, g_ref, rtol=2e-6)
+    # at the boundary the drawn value's log-probability and gradient stay finite
+    if param == "probs":
+        assert float(jax.grad(lambda p: both(p, 0.0)[0])(jnp.float32(0.0))) == -1.0
+        assert float(jax.grad(lambda p: both(p, 1.0)[0])(jnp.float32(1.0))) == 1.0

@@ -331,6 +331,17 @@ class Distribution(abc.ABC):
 
     # -- traceable parameter checks --------------------------------------------------------
 
+    def _sampled_log_prob(self, value: ArrayLike) -> Array:
+        """``log_prob`` of values this distribution *sampled* (the score function's terms).
+
+        Such values have positive mass, and invalid parameters are caught by the caller
+        (the surrogate's invalid-parameter record makes the gradient NaN), so a family may
+        drop the boundary and validity guards of :meth:`log_prob` here: each guard is a
+        ``jnp.where`` whose predicate the reverse pass keeps per draw. Same value and
+        derivatives as :meth:`log_prob` at sampled values with valid parameters.
+        """
+        return self.log_prob(value)
+
     def _param_checks(self) -> tuple[tuple[str, Array, str], ...]:
         """Traceable range checks of the parameters, one per constraint.
 

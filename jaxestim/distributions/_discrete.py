@@ -675,6 +675,14 @@ class Bernoulli(_BinaryProbs, DiscreteDistribution):
         log_p, log_q = self._log_p_q()
         return self._poison(jnp.where(x == 1, log_p, jnp.where(x == 0, log_q, -jnp.inf)))
 
+    def _sampled_log_prob(self, value: ArrayLike) -> Array:
+        """``log p`` or ``log(1 - p)`` of sampled values: one ``where`` on the parameter, then
+        one log (a sampled value has positive mass, so its log and gradient are finite)."""
+        one = jnp.asarray(value) > 0
+        if self._logits is not None:
+            return jax.nn.log_sigmoid(jnp.where(one, self._logits, -self._logits))
+        return jnp.log(jnp.where(one, self._probs, 1 - self._probs))
+
     @property
     def mean(self) -> Array:
         return self.probs
