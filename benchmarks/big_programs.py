@@ -659,22 +659,10 @@ def c_measure(prog: ev.Program, ns: dict[str, int], cfg, key) -> list[ev.Row]:
     rows = []
     for name, x in samples.items():
         n = x.shape[0]
-        mean, sd = x.mean(0), x.std(0, ddof=1)
-        se = sd / np.sqrt(n)
-        v = np.mean((x - mean) ** 2, axis=1) * n / (n - 1)
-        rms = float(np.sqrt(np.mean(sd**2)))
-        rms_se = float(np.std(v, ddof=1) / np.sqrt(n) / (2 * rms)) if rms > 0 else 0.0
-        with np.errstate(divide="ignore", invalid="ignore"):
-            z = np.where(se > 0, (mean - exact) / se, np.where(mean == exact, 0.0, np.inf))
-        row = ev.Row(
-            prog.name, prog.tag, x.shape[1], name, n, mean, exact, rms, rms_se,
-            float(np.sqrt(np.mean(z**2))), float(np.max(np.abs(z))),
-            float(np.linalg.norm(mean - exact) / np.linalg.norm(exact)),
-            times[name] / n, comp[name],
-        )  # fmt: skip
+        row = ev.make_row(prog, name, x, exact, times[name] / n, comp[name])
         rows.append(row)
         print(
-            f"  {name:26s} N={n:5d} std={rms:9.4g} max|z|={row.max_z:6.2f} "
+            f"  {name:26s} N={n:5d} std={row.std:9.4g} max|z|={row.max_z:6.2f} "
             f"µs/sample={row.sec_per_sample * 1e6:9.3g} compile={comp[name]:5.1f}s",
             flush=True,
         )

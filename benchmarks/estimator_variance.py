@@ -359,6 +359,38 @@ class Row:
         return self.std**2 * self.sec_per_sample
 
 
+def make_row(
+    prog: Program, name: str, x: np.ndarray, exact: np.ndarray, sec_per_sample: float, comp: float
+) -> Row:
+    """A table row from the ``(N, P)`` per-sample estimates ``x`` of ``prog`` under ``name``."""
+    n = x.shape[0]
+    mean, sd = x.mean(0), x.std(0, ddof=1)
+    se = sd / np.sqrt(n)
+    # per-sample mean squared deviation over coordinates: its mean is the RMS variance
+    # (up to N/(N-1)) and its spread gives the SE of that variance, hence of the std
+    v = np.mean((x - mean) ** 2, axis=1) * n / (n - 1)
+    rms = float(np.sqrt(np.mean(sd**2)))
+    rms_se = float(np.std(v, ddof=1) / np.sqrt(n) / (2 * rms)) if rms > 0 else 0.0
+    with np.errstate(divide="ignore", invalid="ignore"):
+        z = np.where(se > 0, (mean - exact) / se, np.where(mean == exact, 0.0, np.inf))
+    return Row(
+        prog.name,
+        prog.tag,
+        x.shape[1],
+        name,
+        n,
+        mean,
+        exact,
+        rms,
+        rms_se,
+        float(np.sqrt(np.mean(z**2))),
+        float(np.max(np.abs(z))),
+        float(np.linalg.norm(mean - exact) / np.linalg.norm(exact)),
+        sec_per_sample,
+        comp,
+    )
+
+
 def measure(
     prog: Program, n_default: int, repeats: int, key: jax.Array, done: list[Row]
 ) -> list[Row]:
@@ -379,31 +411,7 @@ def measure(
             jax.block_until_ready(compiled(key, prog.params))
             times.append(time.perf_counter() - t0)
         x = per_sample_matrix(g, n)
-        mean, sd = x.mean(0), x.std(0, ddof=1)
-        se = sd / np.sqrt(n)
-        # per-sample mean squared deviation over coordinates: its mean is the RMS variance
-        # (up to N/(N-1)) and its spread gives the SE of that variance, hence of the std
-        v = np.mean((x - mean) ** 2, axis=1) * n / (n - 1)
-        rms = float(np.sqrt(np.mean(sd**2)))
-        rms_se = float(np.std(v, ddof=1) / np.sqrt(n) / (2 * rms)) if rms > 0 else 0.0
-        with np.errstate(divide="ignore", invalid="ignore"):
-            z = np.where(se > 0, (mean - exact) / se, np.where(mean == exact, 0.0, np.inf))
-        row = Row(
-            prog.name,
-            prog.tag,
-            x.shape[1],
-            name,
-            n,
-            mean,
-            exact,
-            rms,
-            rms_se,
-            float(np.sqrt(np.mean(z**2))),
-            float(np.max(np.abs(z))),
-            float(np.linalg.norm(mean - exact) / np.linalg.norm(exact)),
-            float(np.median(times)) / n,
-            compile_s,
-        )
+        row = make_row(prog, name, x, exact, float(np.median(times)) / n, compile_s)
         rows.append(row)
         print(
             f"  {name:32s} N={n:5d} std={row.std:9.4g}±{row.std_se:<7.2g} rms|z|={row.rms_z:6.2f} "

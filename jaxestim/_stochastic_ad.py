@@ -339,7 +339,25 @@ def _forward_site_jvp(kind, primals, tangents):
     return carrier, new
 
 
-class _ForwardRecord(_Counting):
+class _Record(_Counting):
+    """A record pass: continuous sites pathwise, discrete sites by inversion, each discrete
+    site handed to :meth:`record` (which updates the reservoir ``self.res``)."""
+
+    def sample(self, key, dist, sample_shape, estimator, mask):
+        _check_site(dist, estimator)
+        if not dist.is_discrete:
+            return mask_value(dist.rsample(key, sample_shape), mask)
+        self.check_recording_site("a discrete sample site under je.stochastic_ad()")
+        k, value, pmf = _discrete_draw(dist, key, sample_shape, mask)
+        self.record(dist, k, pmf)
+        self.count += k.size
+        return value
+
+    def record(self, dist, k: jax.Array, pmf: jax.Array) -> None:
+        raise NotImplementedError
+
+
+class _ForwardRecord(_Record):
     """Pass 1 of forward mode (under ``jax.jvp``): sample, and choose the jump online."""
 
     def __init__(self, select_key: jax.Array, base: Any = 0, res: Any = None) -> None:
@@ -349,12 +367,7 @@ class _ForwardRecord(_Counting):
     def child(self, base, res):
         return _ForwardRecord(self.select_key, base, res)
 
-    def sample(self, key, dist, sample_shape, estimator, mask):
-        _check_site(dist, estimator)
-        if not dist.is_discrete:
-            return mask_value(dist.rsample(key, sample_shape), mask)
-        self.check_recording_site("a discrete sample site under je.stochastic_ad()")
-        k, value, pmf = _discrete_draw(dist, key, sample_shape, mask)
+    def record(self, dist, k, pmf):
         base = self.next_index()
         consts = {
             "k": _flat(k),
@@ -373,8 +386,6 @@ class _ForwardRecord(_Counting):
             diff["q"] = q
             consts["out"], consts["at"] = out, at
         self.res = _forward_site(kind, self.res, diff, consts)
-        self.count += k.size
-        return value
 
 
 # ----------------------------------------------------------------------------------------
@@ -396,7 +407,7 @@ def _mix(index: jax.Array, dtype: Any) -> jax.Array:
     return (1.5 + jnp.sin(index.astype(jnp.float32) * 0.7548777)).astype(dtype)
 
 
-class _ReverseRecord(_Counting):
+class _ReverseRecord(_Record):
     """Pass 1 of reverse mode (under ``jax.vjp``): sample, choose an eligible element
     uniformly online and carry its weight ``a`` (see the module docstring)."""
 
@@ -449,12 +460,7 @@ class _ReverseRecord(_Counting):
         a = (-f if up else f) / safe
         return a, target, ok & (pmf > 0)
 
-    def sample(self, key, dist, sample_shape, estimator, mask):
-        _check_site(dist, estimator)
-        if not dist.is_discrete:
-            return mask_value(dist.rsample(key, sample_shape), mask)
-        self.check_recording_site("a discrete sample site under je.stochastic_ad()")
-        k, value, pmf = _discrete_draw(dist, key, sample_shape, mask)
+    def record(self, dist, k, pmf):
         k, pmf = _flat(k), _flat(pmf)
         a, target, eligible = self._weights(dist, k, pmf)
         res = dict(self.res)
@@ -477,8 +483,6 @@ class _ReverseRecord(_Counting):
             res["b"] = res["b"] + jnp.sum(jnp.where(at, q * _mix(idx, q.dtype), 0)).astype(dtype)
             res["nat"] = res["nat"] + jnp.sum(at.astype(jnp.int32))
         self.res = res
-        self.count += k.size
-        return value
 
 
 class _ReplayHandler(_Counting):

@@ -24,16 +24,22 @@ HEADINGS = (
 )
 
 
-def test_quick_benchmark_writes_report(tmp_path):
-    out = tmp_path / "results.md"
+def run_script(name: str, *args: str) -> subprocess.CompletedProcess:
+    """Run ``benchmarks/<name>`` with ``args``; fail with its output tail if it fails."""
     proc = subprocess.run(
-        [sys.executable, str(ROOT / "benchmarks" / "run.py"), "--quick", "--out", str(out)],
+        [sys.executable, str(ROOT / "benchmarks" / name), *args],
         cwd=ROOT,
         capture_output=True,
         text=True,
         timeout=600,
     )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return proc
+
+
+def test_quick_benchmark_writes_report(tmp_path):
+    out = tmp_path / "results.md"
+    run_script("run.py", "--quick", "--out", str(out))
     text = out.read_text()
     for heading in HEADINGS:
         assert f"\n{heading}\n" in f"\n{text}", f"missing section {heading!r}"
@@ -42,14 +48,7 @@ def test_quick_benchmark_writes_report(tmp_path):
 
 
 def test_quick_particle_filter_benchmark_prints_table():
-    proc = subprocess.run(
-        [sys.executable, str(ROOT / "benchmarks" / "particle_filter.py"), "--quick"],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    proc = run_script("particle_filter.py", "--quick")
     text = proc.stdout
     assert "| Categorical site | stochastic_ad |" in text
     assert "| je.resample + new_weight | pathwise | stratified |" in text
@@ -59,20 +58,7 @@ def test_quick_particle_filter_benchmark_prints_table():
 def test_big_programs_quick(tmp_path):
     """``benchmarks/big_programs.py --quick``: all three sections of issue 9's study run."""
     out = tmp_path / "big.md"
-    proc = subprocess.run(
-        [
-            sys.executable,
-            str(ROOT / "benchmarks" / "big_programs.py"),
-            "--quick",
-            "--out",
-            str(out),
-        ],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    run_script("big_programs.py", "--quick", "--out", str(out))
     text = out.read_text()
     for heading in (
         "### (a) Cost vs number of parameters",
@@ -89,28 +75,14 @@ def test_big_programs_quick(tmp_path):
 
 def test_quick_loops_benchmark():
     """``benchmarks/loops.py --quick`` prints its speed and memory tables."""
-    proc = subprocess.run(
-        [sys.executable, str(ROOT / "benchmarks" / "loops.py"), "--quick"],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    proc = run_script("loops.py", "--quick")
     assert "## Speed" in proc.stdout and "## Memory" in proc.stdout
     assert "je.scan(..., key=key)" in proc.stdout and "checkpoint_every=k" in proc.stdout
 
 
 def test_quick_compile_time_benchmark_runs():
     """``benchmarks/compile_time.py --quick`` prints its table and the je.compare timing."""
-    proc = subprocess.run(
-        [sys.executable, str(ROOT / "benchmarks" / "compile_time.py"), "--quick"],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    proc = run_script("compile_time.py", "--quick")
     assert "| W1 | je.grad, pathwise | 16 | 1 |" in proc.stdout
     assert "je.grad_samples, score_function(LOO)" in proc.stdout
     assert "je.compare on the SIR model" in proc.stdout
