@@ -2,6 +2,7 @@
 
     python benchmarks/compile_time.py            # full sizes, median of 5 compilations
     python benchmarks/compile_time.py --quick    # tiny sizes, one compilation each (smoke test)
+    python benchmarks/compile_time.py --only "SIR.*grad_samples" --no-compare  # one row
 
 Compile time is the wall time of ``jax.jit(fn).lower(*args).compile()`` (tracing, which
 runs jaxestim's handlers, plus lowering and XLA compilation). Each measurement starts
@@ -19,6 +20,7 @@ program's Python body ran while jaxestim compiled it. Last, the wall time of
 from __future__ import annotations
 
 import argparse
+import re
 import statistics
 import sys
 import time
@@ -191,7 +193,15 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=None, help="compilations per function")
     ap.add_argument("--no-compare", action="store_true", help="skip the je.compare timing")
     ap.add_argument("--only-compare", action="store_true", help="only the je.compare timing")
+    ap.add_argument(
+        "--only",
+        default=None,
+        metavar="REGEX",
+        help="only the rows whose 'workload transform, estimator' matches REGEX (re.search), "
+        "e.g. 'SIR.*grad_samples'",
+    )
     opts = ap.parse_args()
+    only = re.compile(opts.only) if opts.only else None
     repeats = opts.repeats or (1 if opts.quick else 5)
     steps = 3 if opts.quick else 60
     n_sir = 8 if opts.quick else 1000
@@ -200,6 +210,8 @@ def main() -> None:
     ratios = []
     for wl, case in [] if opts.only_compare else workload_cases(opts.quick):
         wname, label, est, prog = wl.name, case.label, case.estimator, wl.prog
+        if only and not only.search(f"{wname} je.grad, {label}"):
+            continue
         calls = [0]
 
         def counted(key, theta, prog=prog, calls=calls):
@@ -219,7 +231,10 @@ def main() -> None:
     binomial = not opts.quick
     sir_calls = [0]
     sir_cases = (("grad", sir_hand_grad), ("grad_samples", sir_hand_samples))
+    sites = "Binomial" if binomial else "Bernoulli"
     for kind, hand_factory in () if opts.only_compare else sir_cases:
+        if only and not only.search(f"SIR ({steps} steps, {sites}) je.{kind}, score_function(LOO)"):
+            continue
         sir_calls[0] = 0
 
         def make_je(kind=kind):
@@ -230,7 +245,6 @@ def main() -> None:
             return hand_factory(n_sir, steps, binomial)
 
         tj, th = compare_pair(make_je, make_hand, (KEY, SIR_PARAMS), repeats)
-        sites = "Binomial" if binomial else "Bernoulli"
         rows.append(
             (
                 f"SIR ({steps} steps, {sites})",

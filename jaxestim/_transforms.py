@@ -83,7 +83,7 @@ def _trace_once(fn: Callable, *args: Any) -> tuple[Callable, Any]:
     values) binds the jaxpr's operations, the very ones ``fn(*args)`` would bind, without
     running ``fn``'s Python again; the transforms use it so that the user's program is
     traced once however often it is evaluated (chunk bodies, remainder chunk,
-    leave-one-out totals, boundary checks). Values ``fn`` closes over (tracers of an
+    chunked leave-one-out totals). Values ``fn`` closes over (tracers of an
     enclosing trace included) become the jaxpr's constants. Site-level estimates are
     bit-identical to tracing ``fn`` at each use; the whole-program estimators' may differ
     in float32 rounding (XLA fuses the same operations differently), as they already did
@@ -238,6 +238,9 @@ def _value_and_grad_checked(loss: Callable, diff: Any) -> tuple[tuple[Any, Any],
         bad = jax.lax.cond(count > 0, moves, lambda: jnp.array(False))
         g = jax.tree_util.tree_map(lambda x: jnp.where(bad, jnp.asarray(jnp.nan, x.dtype), x), g)
     return (s, aux), g
+
+
+_SAMPLES = "jaxestim_samples"  # vmap axis name of grad_samples' per-sample gradients
 
 
 class _Boundary(NamedTuple):
@@ -554,8 +557,8 @@ class _Run:
         """The program for one sample under the estimator's site handler, traced once.
 
         ``key`` is one per-sample key (only its abstract value matters). Every later
-        evaluation (:meth:`terms`: chunks, the remainder chunk, the leave-one-out total,
-        the per-sample boundary checks) binds the operations of this one trace; what the
+        evaluation (:meth:`terms`: chunks, the remainder chunk, a chunked leave-one-out
+        total) binds the operations of this one trace; what the
         trace learned in Python (the score-function groups, whether a relaxed site was
         met, whether a site can reach a support boundary) comes with it.
         """
@@ -614,29 +617,53 @@ class _Run:
             s = s + (1.0 - magic_box(logp[i])) * b
         return s
 
-    def boundary_nan(self, kc, diff, g, count):
-        """Per-sample gradients ``g`` made NaN where a score site's support boundary moves.
+    def sample_grad(self, k, diff, total, loo, state):
+        """One sample's ``(grad, s, f, aux)`` for :func:`grad_samples`, under
+        ``jax.vmap(..., axis_name=_SAMPLES)`` over the samples of a chunk (all samples when
+        unchunked).
 
-        See :func:`_boundary_terms`; the check evaluates the chunk's program again (only when
-        some sample of the chunk touched a boundary) to differentiate each sample's boundary
-        term. Called only when the program has a site that can reach a boundary.
+        One ``jax.vjp`` of the sample's program gives ``f``, the log-probabilities and the
+        pullback. The surrogate (:meth:`combine`) is built after it, so a leave-one-out
+        baseline needs no separate forward pass when unchunked: ``total`` None means the
+        sum of the stop-gradient ``f`` over the vmapped samples (``jax.lax.psum``). The
+        gradient is the pullback of the surrogate's cotangents (the operations of
+        ``jax.grad`` of the composition). The support-boundary check (see
+        :func:`_boundary_terms`) calls the same pullback with the boundary term's
+        cotangent, inside a ``lax.cond`` on the chunk's boundary count (a psum: the
+        predicate is not batched, so the check runs only in chunks where some sample
+        touched a boundary), rather than differentiating the program a second time.
         """
+        checked = _functional_checks(lambda d: self.terms(k[None], d)[:3])
 
-        def sample_bad(k):
-            def b_of(d):
-                _, logp, _, _ = self.terms(k[None], d)
-                bt = _boundary_terms(logp)
-                return jnp.zeros(()) if bt is None else bt[0]
+        def fwd(d):
+            (f, logp, aux), err = checked(d)
+            return (f, logp), (aux, err)
 
-            gb = jax.grad(b_of)(diff)
-            return jnp.any(jnp.stack([jnp.any(x != 0) for x in jax.tree_util.tree_leaves(gb)]))
-
-        bad = jax.lax.cond(
-            jnp.sum(count) > 0,
-            lambda: jax.vmap(sample_bad)(kc),
-            lambda: jnp.zeros(kc.shape[:1], bool),
+        (f, logp), pullback, (aux, err) = jax.vjp(fwd, diff, has_aux=True)
+        _rethrow(err)
+        groups = self.program(k, diff).groups
+        if loo and total is None:
+            total = jax.lax.psum(jax.lax.stop_gradient(f[0]), _SAMPLES)
+        s, surrogate_vjp = jax.vjp(
+            lambda f, logp: self.combine(f, logp, groups, total, state), f, logp
         )
-        return _nan_where(bad, g)
+        (g,) = pullback(surrogate_vjp(jnp.ones_like(s)))
+        g = _nan_where(_invalid_count(logp) > 0, g)
+        bt = _boundary_terms(logp)
+        if bt is not None:
+
+            def moves() -> jax.Array:
+                ct = {i: jnp.zeros_like(v) for i, v in logp.items()}
+                ct[BOUNDARY] = jnp.ones_like(logp[BOUNDARY])
+                (gb,) = pullback((jnp.zeros_like(f), ct))
+                leaves = jax.tree_util.tree_leaves(gb)
+                return jnp.any(jnp.stack([jnp.any(x != 0) for x in leaves]))
+
+            touched = jax.lax.psum(bt[1], _SAMPLES) > 0
+            bad = jax.lax.cond(touched, moves, lambda: jnp.array(False))
+            g = _nan_where(bad, g)
+        aux0 = jax.tree_util.tree_map(lambda a: a[0], aux)
+        return g, s[0], f[0], aux0
 
     def needs_total(self, keys, diff) -> bool:
         """Whether a leave-one-out baseline occurs (known from the program's one trace)."""
@@ -662,28 +689,19 @@ class _Run:
         per_sample = self.kind == "grad_samples"
         self.program(keys[0], diff)  # the one trace of the program, at the top level
         total = None
-        if (chunked or per_sample) and self.needs_total(keys, diff):
+        loo = self.needs_total(keys, diff)
+        if chunked and loo:
+            # the chunks need the leave-one-out total before they start: one forward pass
+            # over all samples. Unchunked, grad_samples takes it from its own forward pass
+            # (a psum across the samples, see sample_grad) and je.grad from the batched f.
             total = self.total(keys, diff)
 
         if per_sample:
 
             def fn(kc):
-                def one(k):
-                    def loss(d):
-                        f, logp, aux, groups = self.terms(k[None], d)
-                        s = self.combine(f, logp, groups, total, state)
-                        bt = _boundary_terms(logp)
-                        count = jnp.zeros(()) if bt is None else bt[1]
-                        aux0 = jax.tree_util.tree_map(lambda a: a[0], aux)
-                        return s[0], (f[0], aux0, count, _invalid_count(logp))
-
-                    (s, (f, aux, count, inv)), g = _value_and_grad_checked(loss, diff)
-                    return g, s, f, aux, count, inv
-
-                g, s, f, aux, count, inv = jax.vmap(one)(kc)
-                g = _nan_where(inv > 0, g)
-                if self.program(keys[0], diff).boundary:
-                    g = self.boundary_nan(kc, diff, g, count)
+                g, s, f, aux = jax.vmap(
+                    lambda k: self.sample_grad(k, diff, total, loo, state), axis_name=_SAMPLES
+                )(kc)
                 return jnp.sum(s), (g, f, aux)
 
             ssum, (grads, f, aux) = _scan_chunks(fn, keys, self.chunk_size)

@@ -90,3 +90,20 @@ def test_validate_and_stateful_baseline_traced_once():
     CALLS[0] = 0
     jax.jit(t).trace(jax.random.key(0), THETA, estimator_state=ma.init())
     assert CALLS[0] == 1
+
+
+def _whiles(fn):
+    """``while`` loops in the lowered StableHLO of ``fn(key, THETA)`` (not compiled)."""
+    return jax.jit(fn).lower(jax.random.key(0), THETA).as_text().count("stablehlo.while")
+
+
+def test_grad_samples_loo_compiles_the_program_loop_three_times():
+    # Unchunked leave-one-out grad_samples takes the total from its own forward pass (a
+    # psum across the samples) and its boundary check reuses that pass's pullback: the
+    # je.scan loop appears as forward, backward, and the boundary check's backward (in a
+    # lax.cond), as for je.grad; it used to add a forward pass for the total and a
+    # forward and backward pass for the boundary check (10 loops here, not 6).
+    est = je.score_function("leave_one_out")
+    primal = _whiles(lambda k, t: jax.vmap(lambda kk: looped(kk, t))(jax.random.split(k, 10)))
+    samples = _whiles(je.grad_samples(looped, est, num_samples=10))
+    assert samples == _whiles(je.grad(looped, est, num_samples=10)) == primal + 2
