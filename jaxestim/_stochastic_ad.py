@@ -113,9 +113,15 @@ parameter space (``p = 1`` increasing). Reverse mode gives a NaN gradient when a
 support-boundary parameter sitting at its boundary (``probs`` at 0 or 1, a Poisson rate of
 0, a zero category probability) depends on ``theta``, as the score function does: at such a
 point some one-sided derivative is missed by a one-sided coupling. Detecting it takes a
-second reverse pass, which runs only when some element is at a boundary (under ``vmap`` of
-the samples, both passes are evaluated; programs whose sites use ``logits`` have no
-boundary and skip it statically).
+second reverse pass, which runs only when some element of the chunk is at a boundary
+(``je.grad`` differentiates a chunk of samples in one pass; under ``je.grad_samples``'s
+per-sample ``vmap`` both passes are evaluated). Programs whose sites use ``logits`` have no
+boundary and skip it statically.
+
+Batching. Under ``je.grad`` / ``je.value_and_grad`` the samples of a chunk go through one
+``jax.vjp`` of the vmapped record run with per-sample cotangents ``(1, c_i)``, so the summed
+gradient comes from one reverse pass and no ``P``-sized per-sample gradient is formed
+(:meth:`StochasticAD.per_batch`).
 """
 
 from __future__ import annotations
