@@ -26,7 +26,7 @@ from jax.experimental import checkify, io_callback
 from jax.extend.core import jaxpr_as_fun
 from jax.flatten_util import ravel_pytree
 
-from jaxestim import _validation
+from jaxestim import _sharding, _validation
 from jaxestim._errors import EstimatorError
 from jaxestim._estimators import (
     BOUNDARY,
@@ -301,6 +301,8 @@ class _Transformed:
         has_aux: bool,
         kind: str,
         validate: bool = False,
+        mesh: Any = None,
+        axis: Any = None,
     ):
         where = f"je.{kind}"
         if not callable(fun):
@@ -335,6 +337,7 @@ class _Transformed:
         if not isinstance(validate, bool):
             raise TypeError(f"{where}: `validate` must be a bool, got {validate!r}")
         estimator.check(num_samples)
+        self.mesh, self.axes = _sharding.check_mesh(mesh, axis, num_samples, where)
         self.fun = fun
         self.estimator = estimator
         self.argnums = argnums
@@ -416,6 +419,10 @@ class _Transformed:
             cached = True
         except TypeError:  # unhashable static leaves: trace without the compilation cache
             cached = False
+        if _sharding.spans_processes(self.mesh):
+            key, diff, dyn, estimator_state = _sharding.globalize(
+                (key, diff, dyn, estimator_state), self.mesh
+            )
         try:
             if not self.validate:
                 run = self._jitted if cached else self._run
@@ -471,11 +478,20 @@ class _Transformed:
         _, est = assemble(diff)
         run = _Run(self, est, lambda d: assemble(d)[0])
         keys = jax.random.split(key, self.num_samples)
-        if est.site_level:
-            value, grads, aux, new_state, f = run.surrogate(keys, diff, state)
+
+        def estimate(keys: jax.Array, diff: tuple, state: Any) -> tuple:
+            if est.site_level:
+                return run.surrogate(keys, diff, state)
+            return (*run.whole_program(keys, diff), None)
+
+        if self.mesh is None:
+            value, grads, aux, f, new_state = estimate(keys, diff, state)
         else:
-            value, grads, aux, f = run.whole_program(keys, diff)
-            new_state = None
+            per_sample = "sharded" if self.kind == "grad_samples" else "replicated"
+            specs = ("replicated", per_sample, "sharded", "sharded", "replicated")
+            value, grads, aux, f, new_state = _sharding.shard_samples(
+                estimate, self.mesh, self.axes, keys, diff, state, specs
+            )
         # Out-of-range / NaN site parameters give a NaN gradient (site-level estimators:
         # decided from the parameters in run.surrogate, so under je.grad XLA may still drop
         # a forward value the gradient does not need). Where the value is computed anyway
@@ -529,6 +545,7 @@ class _Run:
         self.t, self.est, self.assemble = t, est, assemble
         self.num_samples = t.num_samples
         self.chunk_size = t.chunk_size
+        self.axes = t.axes  # mesh axes the samples are sharded over (see _sharding)
         self.kind = t.kind
         # False once a site whose estimate is not differentiable again (straight-through,
         # Gumbel-softmax at a discrete site) has been traced.
@@ -643,7 +660,7 @@ class _Run:
         _rethrow(err)
         groups = self.program(k, diff).groups
         if loo and total is None:
-            total = jax.lax.psum(jax.lax.stop_gradient(f[0]), _SAMPLES)
+            total = self.psum(jax.lax.psum(jax.lax.stop_gradient(f[0]), _SAMPLES))
         s, surrogate_vjp = jax.vjp(
             lambda f, logp: self.combine(f, logp, groups, total, state), f, logp
         )
@@ -665,6 +682,10 @@ class _Run:
         aux0 = jax.tree_util.tree_map(lambda a: a[0], aux)
         return g, s[0], f[0], aux0
 
+    def psum(self, x: Any) -> Any:
+        """Complete a sum over this device's samples to all ``N`` (identity unsharded)."""
+        return _sharding.psum(x, self.axes)
+
     def needs_total(self, keys, diff) -> bool:
         """Whether a leave-one-out baseline occurs (known from the program's one trace)."""
         return any(isinstance(g.baseline, str) for g in self.program(keys[0], diff).groups)
@@ -674,10 +695,10 @@ class _Run:
             f, *_ = self.terms(kc, diff)
             return jnp.sum(f), None
 
-        return jax.lax.stop_gradient(_scan_chunks(fwd, keys, self.chunk_size)[0])
+        return jax.lax.stop_gradient(self.psum(_scan_chunks(fwd, keys, self.chunk_size)[0]))
 
     def surrogate(self, keys, diff, state):
-        """``(value, mean or per-sample grads, aux, new_state, per-sample f)``.
+        """``(value, mean or per-sample grads, aux, per-sample f, new_state)``.
 
         The value is the mean of the surrogate (numerically the mean of ``f``) taken from
         the same ``jax.value_and_grad`` as the gradient, so an outer derivative of the
@@ -705,12 +726,15 @@ class _Run:
                 return jnp.sum(s), (g, f, aux)
 
             ssum, (grads, f, aux) = _scan_chunks(fn, keys, self.chunk_size)
+            ssum = self.psum(ssum)
         else:
 
             def fn(kc):
                 def loss(d):
                     f, logp, aux, groups = self.terms(kc, d)
-                    tot = jax.lax.stop_gradient(jnp.sum(f)) if total is None else total
+                    tot = total
+                    if total is None:
+                        tot = self.psum(jax.lax.stop_gradient(jnp.sum(f)))
                     s = jnp.sum(self.combine(f, logp, groups, tot, state))
                     bt = _boundary_terms(logp)
                     out = (f, aux, _invalid_count(logp))
@@ -720,6 +744,7 @@ class _Run:
                 return (_nan_where(inv > 0, g), s), (f, aux)
 
             (gsum, ssum), (f, aux) = _scan_chunks(fn, keys, self.chunk_size)
+            gsum, ssum = self.psum((gsum, ssum))
             grads = tree_scale(gsum, 1.0 / n)
         value = ssum / n
         new_state = (
@@ -727,7 +752,7 @@ class _Run:
             if self.est.has_state
             else None
         )
-        return value, grads, aux, new_state, f
+        return value, grads, aux, f, new_state
 
     def whole_program(self, keys, diff):
         theta, unravel = ravel_pytree(diff)
@@ -775,8 +800,8 @@ class _Run:
             grads = jax.vmap(unravel)(g)
         else:
             gsum, (f, aux) = _scan_chunks(fn, keys, self.chunk_size)
-            grads = unravel(gsum / self.num_samples)
-        return jnp.mean(f), grads, aux, f
+            grads = unravel(self.psum(gsum) / self.num_samples)
+        return self.psum(jnp.sum(f)) / self.num_samples, grads, aux, f
 
 
 _COMMON_DOC = """
@@ -806,6 +831,19 @@ _COMMON_DOC = """
         when the compiled code runs (its message contains the check's), with the outputs
         NaN-poisoned so a failed validation is never silently used. Valid programs give
         bit-identical results; the cost is reported by ``benchmarks/validate_cost.py``.
+      mesh: a :class:`jax.sharding.Mesh` (e.g. ``jax.make_mesh((4,), ("samples",))``,
+        also one spanning several processes under ``jax.distributed.initialize``) over
+        whose devices the ``num_samples`` samples are sharded: each device evaluates
+        ``N / D`` of the per-sample keys of the single-device call (chunked by
+        ``chunk_size`` within the device) and the sums over samples are completed with one
+        ``psum``, so the estimate equals the single-device one for the same key up to
+        floating-point summation order, for every estimator (a leave-one-out baseline
+        uses the total of all ``N`` samples; a moving-average state stays replicated).
+        The gradient and value come back replicated over the mesh; per-sample outputs
+        (``grad_samples``' gradients, ``aux``) sharded along the sample axis. ``N`` must
+        be a multiple of ``D`` (``ValueError`` otherwise). See ``jaxestim/_sharding.py``.
+      axis: the mesh axis name (or tuple of names) to shard the samples over; default
+        all of the mesh's axes. Requires ``mesh``.
 
     Invalid parameters: out-of-range or NaN parameters at a sample site give a NaN value
     and a NaN gradient (per sample for :func:`grad_samples`, for the mean otherwise), never
@@ -845,6 +883,8 @@ def grad(
     chunk_size: int | None = None,
     has_aux: bool = False,
     validate: bool = False,
+    mesh: jax.sharding.Mesh | None = None,
+    axis: str | Sequence[str] | None = None,
 ) -> Callable[..., Any]:
     """Monte Carlo estimate of ``grad_args E[fun(key, *args)]``, shaped like the arguments.
 
@@ -856,7 +896,9 @@ def grad(
     and one backward pass for site-level estimators), memory ``O(P + C * activations)``
     with ``C = chunk_size or N``.
     """
-    return _Transformed(fun, estimator, argnums, num_samples, chunk_size, has_aux, "grad", validate)
+    return _Transformed(
+        fun, estimator, argnums, num_samples, chunk_size, has_aux, "grad", validate, mesh, axis
+    )
 
 
 def value_and_grad(
@@ -868,6 +910,8 @@ def value_and_grad(
     chunk_size: int | None = None,
     has_aux: bool = False,
     validate: bool = False,
+    mesh: jax.sharding.Mesh | None = None,
+    axis: str | Sequence[str] | None = None,
 ) -> Callable[..., Any]:
     """Like :func:`grad` but returns ``(mean value, grads)``.
 
@@ -875,7 +919,16 @@ def value_and_grad(
     The mean value is the unbiased Monte Carlo estimate of ``E[fun]`` from the same samples.
     """
     return _Transformed(
-        fun, estimator, argnums, num_samples, chunk_size, has_aux, "value_and_grad", validate
+        fun,
+        estimator,
+        argnums,
+        num_samples,
+        chunk_size,
+        has_aux,
+        "value_and_grad",
+        validate,
+        mesh,
+        axis,
     )
 
 
@@ -888,6 +941,8 @@ def grad_samples(
     chunk_size: int | None = None,
     has_aux: bool = False,
     validate: bool = False,
+    mesh: jax.sharding.Mesh | None = None,
+    axis: str | Sequence[str] | None = None,
 ) -> Callable[..., Any]:
     """The ``num_samples`` per-sample gradient estimates, stacked on a leading axis.
 
@@ -896,7 +951,16 @@ def grad_samples(
     error of the mean). Materializes ``N`` gradients: a diagnostic tool.
     """
     return _Transformed(
-        fun, estimator, argnums, num_samples, chunk_size, has_aux, "grad_samples", validate
+        fun,
+        estimator,
+        argnums,
+        num_samples,
+        chunk_size,
+        has_aux,
+        "grad_samples",
+        validate,
+        mesh,
+        axis,
     )
 
 
