@@ -33,6 +33,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.flatten_util import ravel_pytree
 
+from jaxestim import _sharding
 from jaxestim._check import check
 from jaxestim._errors import EstimatorError
 from jaxestim._estimators import Estimator
@@ -933,6 +934,8 @@ def compare(
     repeats: int = 3,
     title: str | None = None,
     progress: Callable[[str], None] | None = None,
+    mesh: jax.sharding.Mesh | None = None,
+    axis: str | Sequence[str] | None = None,
 ) -> ComparisonReport:
     """Run several estimators on one program and summarize their per-sample estimates.
 
@@ -959,6 +962,23 @@ def compare(
         fixed dispatch overhead of a call; use thousands of samples to compare costs.
       title: optional heading for the printed table and the plot.
       progress: called with the estimator's name before it runs (e.g. for a progress line).
+      mesh: a :class:`jax.sharding.Mesh` over whose devices each estimator's ``N``
+        samples are sharded: passed to ``grad_samples`` (see :func:`jaxestim.grad`), so
+        each of the ``D`` devices evaluates ``N / D`` of the per-sample keys of the
+        single-device call and the per-sample estimates -- hence every statistic --
+        equal the unsharded ``compare``'s for the same key up to floating-point
+        rounding. The per-sample gradients come back sharded along the sample axis and
+        are read into host memory for the statistics (gathered with
+        :func:`jax.experimental.multihost_utils.process_allgather` when the mesh spans
+        several processes; then every process runs ``compare`` with the same arguments
+        and gets the whole report). Compile and run times are those of the sharded
+        function, so the time per sample and the work-normalized variance describe the
+        sharded run (about ``1/D`` of the single-device time per sample for large ``N``,
+        plus the ``psum`` of the sharded sums). ``N`` must be a multiple of ``D``
+        (``ValueError`` otherwise). :func:`jaxestim.check` still inspects the unsharded
+        program. None (default): one device.
+      axis: the mesh axis name (or tuple of names) to shard the samples over; default all
+        of the mesh's axes (``D`` is the product of their sizes). Requires ``mesh``.
 
     Each estimator's program is also inspected by :func:`jaxestim.check`; its findings
     are listed under the table and an estimator with a finding of severity "error" is
@@ -977,6 +997,10 @@ def compare(
     if repeats < 1:
         raise ValueError(f"compare: `repeats` must be >= 1, got {repeats!r}")
     args = _call_args(params, argnums)
+    mesh, _ = _sharding.check_mesh(mesh, axis, num_samples, "compare")
+    run_key, run_args = key, args  # the inputs of the (sharded) grad_samples calls
+    if _sharding.spans_processes(mesh):
+        run_key, run_args = _sharding.globalize((key, args), mesh)
     results: dict[str, EstimatorResult] = {}
     exact_flat = None
     num_coords = None
@@ -987,18 +1011,26 @@ def compare(
         try:
             gs = jax.jit(
                 grad_samples(
-                    fun, est, argnums=argnums, num_samples=num_samples, chunk_size=chunk_size
+                    fun,
+                    est,
+                    argnums=argnums,
+                    num_samples=num_samples,
+                    chunk_size=chunk_size,
+                    mesh=mesh,
+                    axis=axis,
                 )
             )
             t0 = time.perf_counter()
-            compiled = gs.lower(key, *args).compile()
+            compiled = gs.lower(run_key, *run_args).compile()
             compile_s = time.perf_counter() - t0
         except EstimatorError as e:
             results[name] = EstimatorResult(name, est, applicable=False, message=str(e))
             continue
         report = check(fun, key, *args, estimator=est, argnums=argnums)
-        out = jax.block_until_ready(compiled(key, *args))
-        seconds = _median_time(lambda: compiled(key, *args), repeats)
+        out = jax.block_until_ready(compiled(run_key, *run_args))
+        seconds = _median_time(lambda: compiled(run_key, *run_args), repeats)
+        if mesh is not None:  # per-sample gradients sharded over the mesh: the whole array
+            out = jax.tree_util.tree_map(_sharding.to_host, out)
         one = jax.tree_util.tree_map(lambda a: a[0], out)
         _, unravel = ravel_pytree(one)
         flat = jax.vmap(lambda t: ravel_pytree(t)[0])(out)
@@ -1358,6 +1390,8 @@ def sweep(
     exact_fn: Callable[[Any], Any] | None = None,
     argnums: int = 1,
     chunk_size: int | None = None,
+    mesh: jax.sharding.Mesh | None = None,
+    axis: str | Sequence[str] | None = None,
 ) -> SweepResult:
     """Evaluate one estimator over a grid of parameters and/or of one hyper-parameter.
 
@@ -1394,6 +1428,30 @@ def sweep(
         ``bias``.
       argnums: must be 1 (``fun(key, params)``).
       chunk_size: passed to ``grad_samples``.
+      mesh: a :class:`jax.sharding.Mesh` to spread the grid over its devices (a parameter
+        grid sharded over devices is the other common way to fill a machine, besides
+        sharding the samples of one estimate). The outermost vmapped grid axis is
+        sharded -- the hyper-parameter values when ``hyper`` is given and is not
+        ``"num_samples"``, else the parameter grid's leading axis -- in consecutive
+        blocks along ``axis`` (one :func:`jax.shard_map`); the other arguments are
+        replicated and each device vmaps over its own grid points, running the same
+        computation as the unsharded sweep, so the results equal the unsharded
+        sweep's for the same key up to floating-point rounding. A grid of length ``G``
+        that is not a multiple of the number of devices ``D`` along ``axis`` is padded
+        to ``ceil(G / D) * D`` points by repeating its last point, and the padded
+        points' results are dropped: up to ``D - 1`` wasted grid-point evaluations, so
+        prefer ``G`` a multiple of ``D``; a grid shorter than ``D`` leaves devices
+        computing only copies. The cost per device is ``ceil(G / D)`` grid points (times
+        the parameter-grid length when both axes are swept). A sweep over
+        ``hyper=("num_samples", ...)`` at fixed ``params`` has no grid axis to shard, so
+        its samples are sharded instead (``mesh``/``axis`` passed to
+        ``grad_samples``): every swept ``N`` must then be a multiple of ``D``
+        (``ValueError`` otherwise). With a mesh spanning several processes, every process
+        calls ``sweep`` with the same arguments and gets the whole result (gathered with
+        :func:`jax.experimental.multihost_utils.process_allgather`). None (default): one
+        device.
+      axis: the mesh axis name (or tuple of names) to shard over; default all of the
+        mesh's axes (``D`` is the product of their sizes). Requires ``mesh``.
 
     Returns:
       A :class:`SweepResult` of NumPy arrays; its statistics are named by coordinate
@@ -1409,6 +1467,9 @@ def sweep(
         raise ValueError("sweep: give either `params_grid` or `params`, not both")
     if params_grid is None and params is None:
         raise ValueError("sweep: a sweep over `hyper` only needs `params`")
+    # num_samples=0: the divisibility of the samples is checked below, only where the
+    # samples (not a grid axis) are sharded
+    mesh, axes = _sharding.check_mesh(mesh, axis, 0, "sweep")
     if params_grid is not None:
         params_grid = _as_grid(params_grid)
         point = jax.tree_util.tree_map(lambda a: a[0], params_grid)
@@ -1429,27 +1490,82 @@ def sweep(
                 f"{sorted(fields)}"
             )
 
-    def stats_at(est: Estimator, p: Any, n: int) -> tuple[Any, Any, Any]:
-        g = grad_samples(fun, est, num_samples=n, chunk_size=chunk_size)(key, p)
+    # what the mesh shards: the outermost vmapped grid axis (hyper-parameter values, else
+    # the parameter grid), or the samples when there is no grid axis (a num_samples sweep
+    # at fixed params)
+    shard = None
+    if mesh is not None:
+        if hyper_name not in (None, "num_samples"):
+            shard = "hyper"
+        elif params_grid is not None:
+            shard = "grid"
+        else:
+            shard = "samples"
+            for n in [int(v) for v in hyper_values]:
+                _sharding.check_mesh(
+                    mesh, axis, n, "sweep (hyper='num_samples' at fixed `params`: samples sharded)"
+                )
+    values = None
+    if hyper_name not in (None, "num_samples"):
+        values = jnp.asarray(hyper_values, dtype=jnp.result_type(float))
+    if shard is not None:
+        # inputs of the sharded computation (global arrays when the mesh spans processes)
+        s_grid, s_params, s_key, s_values = params_grid, params, key, values
+        if _sharding.spans_processes(mesh):
+            s_grid, s_params, s_key, s_values = _sharding.globalize(
+                (params_grid, params, key, values), mesh
+            )
+
+    def stats_at(est: Estimator, p: Any, n: int, k: jax.Array) -> tuple[Any, Any, Any]:
+        by_sample = {"mesh": mesh, "axis": axis} if shard == "samples" else {}
+        g = grad_samples(fun, est, num_samples=n, chunk_size=chunk_size, **by_sample)(k, p)
         mean = jax.tree_util.tree_map(lambda a: jnp.mean(a, axis=0), g)
         std = jax.tree_util.tree_map(lambda a: jnp.std(a, axis=0, ddof=1), g)
         m4 = jax.tree_util.tree_map(lambda a, m: jnp.mean((a - m) ** 4, axis=0), g, mean)
         return mean, std, m4
 
     def run(n: int) -> tuple[Any, Any, Any]:
-        def at_params(est: Estimator) -> Any:
-            if params_grid is None:
-                return stats_at(est, params, n)
-            return jax.vmap(lambda p: stats_at(est, p, n))(params_grid)
+        def at_params(est: Estimator, grid: Any, p: Any, k: jax.Array) -> Any:
+            if grid is None:
+                return stats_at(est, p, n, k)
+            return jax.vmap(lambda q: stats_at(est, q, n, k))(grid)
 
-        if hyper_name is None or hyper_name == "num_samples":
-            return jax.jit(lambda: at_params(estimator))()
+        def one_hyper(v: jax.Array, grid: Any, p: Any, k: jax.Array) -> Any:
+            return at_params(dataclasses.replace(estimator, **{hyper_name: v}), grid, p, k)
 
-        def one_hyper(v: jax.Array):
-            return at_params(dataclasses.replace(estimator, **{hyper_name: v}))
+        if shard is None:
+            if hyper_name is None or hyper_name == "num_samples":
+                return jax.jit(lambda: at_params(estimator, params_grid, params, key))()
+            return jax.jit(jax.vmap(lambda v: one_hyper(v, params_grid, params, key)))(values)
+        if shard == "samples":
+            out = jax.jit(lambda p, k: stats_at(estimator, p, n, k))(s_params, s_key)
+            return jax.tree_util.tree_map(_sharding.to_host, out)
+        if shard == "hyper":
+            outer = s_values
 
-        values = jnp.asarray(hyper_values, dtype=jnp.result_type(float))
-        return jax.jit(jax.vmap(one_hyper))(values)
+            def local(vs: jax.Array, rep: tuple) -> Any:
+                grid, p, k = rep
+                return jax.vmap(lambda v: one_hyper(v, grid, p, k))(vs)
+
+        else:
+            outer = s_grid
+
+            def local(qs: Any, rep: tuple) -> Any:
+                k = rep[2]
+                return jax.vmap(lambda q: stats_at(estimator, q, n, k))(qs)
+
+        length = jax.tree_util.tree_leaves(outer)[0].shape[0]
+        pad = -length % _sharding.num_shards(mesh, axes)
+
+        def padded(a: jax.Array) -> jax.Array:  # repeat the last grid point
+            return jnp.concatenate([a, jnp.repeat(a[-1:], pad, axis=0)]) if pad else a
+
+        def sharded(outer: Any, rep: tuple) -> Any:
+            outer = jax.tree_util.tree_map(padded, outer)
+            return _sharding.shard_leading(local, mesh, axes, outer, rep)
+
+        out = jax.jit(sharded)(outer, (s_grid if shard == "hyper" else None, s_params, s_key))
+        return jax.tree_util.tree_map(lambda a: _sharding.to_host(a)[:length], out)
 
     lead = (0 if params_grid is None else 1) + (0 if hyper_name in (None, "num_samples") else 1)
 

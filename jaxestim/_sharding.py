@@ -165,3 +165,43 @@ def globalize(tree: Any, mesh: Mesh) -> Any:
         return jax.make_array_from_process_local_data(sharding, np.asarray(x))
 
     return jax.tree_util.tree_map(one, tree)
+
+
+def num_shards(mesh: Mesh, axes: tuple) -> int:
+    """The number of shards along ``axes`` (the product of their sizes on ``mesh``)."""
+    return math.prod(mesh.shape[a] for a in axes)
+
+
+def shard_leading(
+    body: Callable[[Any, Any], Any], mesh: Mesh, axes: tuple, sharded: Any, replicated: Any
+) -> Any:
+    """``body(local, replicated)`` on every device of ``mesh``, outputs sharded on axis 0.
+
+    Every leaf of ``sharded`` has a leading axis whose length is a multiple of
+    ``num_shards(mesh, axes)``; it is split into consecutive blocks along ``axes``
+    (``local``). ``replicated`` is the same on every device. Every output leaf has a
+    leading axis (the device's block) and the blocks are concatenated in device order
+    along ``axes``. Used by :func:`jaxestim.sweep` for a grid sharded over devices; nothing
+    is differentiated through it, hence ``check_vma=False``.
+    """
+    spec = P(axes)
+    sharded = jax.tree_util.tree_map(lambda x: _place(x, mesh, spec), sharded)
+    replicated = jax.tree_util.tree_map(lambda x: _place(x, mesh, P()), replicated)
+    return jax.shard_map(body, mesh=mesh, in_specs=(spec, P()), out_specs=spec, check_vma=False)(
+        sharded, replicated
+    )
+
+
+def to_host(x: Any) -> np.ndarray:
+    """``x`` as a NumPy array holding the whole (global) array.
+
+    An array sharded over devices of this process only is read directly; a global array
+    that is not fully addressable (a mesh spanning several processes) is gathered with
+    :func:`jax.experimental.multihost_utils.process_allgather` (a collective: every
+    process must call it).
+    """
+    if isinstance(x, jax.Array) and not x.is_fully_addressable:
+        from jax.experimental import multihost_utils
+
+        return np.asarray(multihost_utils.process_allgather(x, tiled=True))
+    return np.asarray(x)
