@@ -86,3 +86,15 @@ def test_quick_compile_time_benchmark_runs():
     assert "| W1 | je.grad, pathwise | 16 | 1 |" in proc.stdout
     assert "je.grad_samples, score_function(LOO)" in proc.stdout
     assert "je.compare on the SIR model" in proc.stdout
+
+
+def test_quick_scaling_benchmark():
+    """``benchmarks/scaling.py --quick``: D = 1, 2 simulated devices, sharded == unsharded."""
+    proc = run_script("scaling.py", "--quick")
+    text = proc.stdout
+    assert "simulated devices share the same" in text and "not speed-up" in text
+    assert "| W1 | pathwise | 64 | 1 (mesh=None) |" in text
+    assert "| W1 | pathwise | 64 | 2 |" in text
+    assert "| W2 | score_function(LOO) | 64 | 2 |" in text
+    assert "All sharded estimates equal the unsharded ones" in text
+    assert "FAIL" not in text
