@@ -120,6 +120,11 @@ def shard_samples(
     )(keys, diff, state)
 
 
+def replicate(tree: Any, mesh: Mesh) -> Any:
+    """The arrays of ``tree`` replicated over ``mesh``."""
+    return jax.tree_util.tree_map(lambda x: _place(x, mesh, P()), tree)
+
+
 def _place(x: jax.Array, mesh: Mesh, spec: P) -> jax.Array:
     """``x`` laid out as ``spec`` on ``mesh`` (``shard_map``'s input layout).
 

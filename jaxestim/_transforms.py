@@ -447,6 +447,10 @@ class _Transformed:
         )
         checked = self._checked_jitted if cached else self._checked
         err, out = checked(key, diff, dyn, state, static)
+        if self.mesh is not None:
+            # checkify stacks a shard_map's error state per device; replicate it so that
+            # reducing it to the first error does not sort along a sharded axis
+            err = _sharding.replicate(err, self.mesh)
         if not traced:
             err.throw()
             return out
