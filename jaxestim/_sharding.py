@@ -78,7 +78,7 @@ def check_mesh(mesh: Any, axis: Any, num_samples: int, where: str) -> tuple[Any,
             raise ValueError(f"{where}: `axis` names {bad!r} not among the mesh's axes {names!r}")
         if len(set(axes)) != len(axes):
             raise ValueError(f"{where}: `axis` has repeated names: {axis!r}")
-    shards = math.prod(mesh.shape[a] for a in axes)
+    shards = num_shards(mesh, axes)
     if num_samples % shards:
         raise ValueError(
             f"{where}: `num_samples`={num_samples} is not a multiple of the {shards} "

@@ -900,7 +900,8 @@ def test_pytree_jit_and_attributes(dist):
     assert x.shape == (4, *dist.batch_shape, *dist.event_shape)
     lp_eager = dist.log_prob(x)
     lp_jit = jax.jit(lambda d, v: d.log_prob(v))(dist, x)
-    np.testing.assert_allclose(np.asarray(lp_jit), np.asarray(lp_eager), rtol=1e-6)
+    # op by op vs one fused program: float32 rounding (lgamma terms of Beta/Gamma)
+    np.testing.assert_allclose(np.asarray(lp_jit), np.asarray(lp_eager), rtol=1e-5, atol=1e-6)
     assert lp_eager.shape == (4, *dist.batch_shape)
     assert dist.mean.shape == dist.batch_shape + dist.event_shape
     assert dist.variance.shape == dist.batch_shape + dist.event_shape

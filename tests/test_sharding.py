@@ -28,7 +28,9 @@ TOL = 1e-5  # float32 summation order; the estimates are O(1)
 
 def _run(args: list[str], devices: int, timeout: float) -> subprocess.Popen:
     env = {**os.environ, "JAX_NUM_CPU_DEVICES": str(devices), "JAX_PLATFORMS": "cpu"}
-    env.pop("XLA_FLAGS", None)
+    # the device count comes from JAX_NUM_CPU_DEVICES alone
+    flags = os.environ.get("XLA_FLAGS", "").split()
+    env["XLA_FLAGS"] = " ".join(f for f in flags if "host_platform_device_count" not in f)
     return subprocess.Popen(
         [sys.executable, str(WORKER), *args],
         env=env,
