@@ -56,6 +56,53 @@ def max_err(a, b) -> float:
     )
 
 
+def sir_training(mesh) -> tuple[float, float]:
+    """A realistic use: a stochastic SIR epidemic (Binomial transitions in a je.scan)
+    calibrated to observed counts with optax inside the user's jitted step (score function
+    with leave-one-out baseline, dict params). Returns how far the parameters moved and the
+    largest difference between the parameters after 4 steps with mesh= and without."""
+    import jax
+    import jax.numpy as jnp
+    import optax
+
+    import jaxestim as je
+    from jaxestim.distributions import Binomial
+
+    observed = jnp.array([8.0, 12.0, 16.0, 18.0, 17.0, 14.0, 11.0, 8.0])
+
+    def sir(key, p):
+        def step(carry, k):
+            s, i = carry
+            k1, k2 = jax.random.split(k)
+            new = je.sample(k1, Binomial(s, probs=1.0 - jnp.exp(-jnp.exp(p["log_beta"]) * i / 60)))
+            rec = je.sample(k2, Binomial(i, probs=jax.nn.sigmoid(p["gamma_logit"])))
+            return (s - new, i + new - rec), i + new - rec
+
+        _, infected = je.scan(step, (55.0, 5.0), jax.random.split(key, observed.size))
+        return jnp.mean((infected - observed) ** 2)
+
+    grads = {
+        m: je.grad(sir, je.score_function("leave_one_out"), num_samples=64, mesh=m)
+        for m in (None, mesh)
+    }
+    opt = optax.adam(0.05)
+    finals = []
+    for g in grads.values():
+
+        @jax.jit
+        def train_step(p, state, key, g=g):
+            updates, state = opt.update(g(key, p), state)
+            return optax.apply_updates(p, updates), state
+
+        p = {"log_beta": jnp.array(0.0), "gamma_logit": jnp.array(-1.0)}
+        state = opt.init(p)
+        for i in range(4):
+            p, state = train_step(p, state, jax.random.key(i))
+        finals.append(p)
+    moved = max_err(finals[0], {"log_beta": 0.0, "gamma_logit": -1.0})
+    return moved, max_err(finals[1], finals[0])
+
+
 def devices() -> dict:
     import jax
     import jax.numpy as jnp
@@ -96,6 +143,8 @@ def devices() -> dict:
         check("sad_reverse", "grad", ests["sad_reverse"], fun=f_loop)
         check("fd", "grad", ests["fd"])
         check("sf_loo", "grad_samples", ests["sf_loo"])
+        if d == 8:
+            out["sir_training_moved"], out["sir_training/params"] = sir_training(mesh)
         return out
     # 4 devices: every estimator (chunked within devices), every transform for three
     for name, est in ests.items():
@@ -173,6 +222,21 @@ def devices() -> dict:
         out["indivisible"] = "no error"
     except ValueError as e:
         out["indivisible"] = str(e)
+
+    # memory: each device holds its shard of the samples' temporaries (a 64-dim site)
+    def wide(k, p):
+        z = je.sample(k, je.distributions.Normal(p["mu"] + jnp.zeros(64), 1.0))
+        return jnp.sum(jnp.tanh(z) ** 2)
+
+    for kind in ("grad", "grad_samples"):
+        temp = []
+        for m in (None, mesh):
+            t = getattr(je, kind)(
+                wide, je.score_function("leave_one_out"), num_samples=1024, mesh=m
+            )
+            compiled = jax.jit(t).lower(key, params).compile()
+            temp.append(compiled.memory_analysis().temp_size_in_bytes)
+        out[f"temp_ratio/{kind}"] = temp[1] / temp[0]
 
     # the naive route: je.grad per device inside shard_map on replicated parameters,
     # averaged with pmean, is off by the device count (JAX transposes the replicated
