@@ -236,7 +236,7 @@ def devices() -> dict:
             )
             compiled = jax.jit(t).lower(key, params).compile()
             temp.append(compiled.memory_analysis().temp_size_in_bytes)
-        out[f"temp_ratio/{kind}"] = temp[1] / temp[0]
+        out[f"temp_ratio_{kind}"] = temp[1] / temp[0]
 
     # the naive route: je.grad per device inside shard_map on replicated parameters,
     # averaged with pmean, is off by the device count (JAX transposes the replicated
