@@ -37,8 +37,9 @@ from _common import compile_timed, fmt_time, md_table, median_times
 
 import jaxestim as je
 from jaxestim import distributions as D
-from jaxestim._estimators import FiniteDifference, WholeProgramHandler
+from jaxestim._handlers import WholeProgramHandler
 from jaxestim._util import pytree_dataclass
+from jaxestim.estimators import FiniteDifference
 
 sg = jax.lax.stop_gradient
 

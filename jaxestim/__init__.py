@@ -16,13 +16,18 @@ from jaxestim import baselines, distributions
 from jaxestim._check import CheckReport, Finding, check
 from jaxestim._compare import ComparisonReport, Recommendation, SweepResult, compare, sweep
 from jaxestim._errors import EstimatorError
-from jaxestim._estimators import (
+from jaxestim._estimator import Estimator
+from jaxestim._handlers import LoopKey, cond, fori_loop, sample, scan, switch, while_loop
+from jaxestim._resampling import new_log_weight, new_weight, resample
+from jaxestim._transforms import grad, grad_samples, value_and_grad
+from jaxestim.estimators import (
     Auto,
-    Estimator,
     FiniteDifference,
     GumbelSoftmax,
     Pathwise,
     ScoreFunction,
+    StochasticAD,
+    StochasticTriple,
     StraightThrough,
     auto,
     finite_difference,
@@ -31,12 +36,10 @@ from jaxestim._estimators import (
     reinforce,
     score_function,
     select,
+    stochastic_ad,
+    stochastic_triple,
     straight_through,
 )
-from jaxestim._handlers import LoopKey, cond, fori_loop, sample, scan, switch, while_loop
-from jaxestim._resampling import new_log_weight, new_weight, resample
-from jaxestim._stochastic_ad import StochasticAD, StochasticTriple, stochastic_ad, stochastic_triple
-from jaxestim._transforms import grad, grad_samples, value_and_grad
 
 __version__ = "0.1.0"
 

@@ -70,14 +70,11 @@ from jax.extend import core as jcore
 
 from jaxestim import _handlers
 from jaxestim._errors import EstimatorError
-from jaxestim._estimators import (
-    Auto,
-    Estimator,
-    FiniteDifference,
-    SurrogateHandler,
-    WholeProgramHandler,
-)
+from jaxestim._estimator import Estimator
+from jaxestim._handlers import WholeProgramHandler
+from jaxestim._surrogate import SurrogateHandler
 from jaxestim._util import check_key
+from jaxestim.estimators import Auto, FiniteDifference
 
 try:  # private, but the only way to tell JAX-internal frames from the user's
     from jax._src.source_info_util import is_user_filename as _jax_is_user_filename

@@ -36,7 +36,7 @@ from jax.flatten_util import ravel_pytree
 from jaxestim import _sharding
 from jaxestim._check import check
 from jaxestim._errors import EstimatorError
-from jaxestim._estimators import Estimator
+from jaxestim._estimator import Estimator
 from jaxestim._transforms import grad_samples
 
 __all__ = [

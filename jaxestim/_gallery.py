@@ -27,18 +27,18 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxestim import distributions as D
-from jaxestim._estimators import (
-    Estimator,
+from jaxestim._estimator import Estimator
+from jaxestim._handlers import sample, scan
+from jaxestim.estimators import (
     auto,
     finite_difference,
     gumbel_softmax,
     pathwise,
     score_function,
     select,
+    stochastic_ad,
     straight_through,
 )
-from jaxestim._handlers import sample, scan
-from jaxestim._stochastic_ad import stochastic_ad
 
 __all__ = ["GALLERY", "Program", "get_program", "program_names", "random_walk_exact"]
 

@@ -62,6 +62,7 @@ from jax.extend.random import threefry_2x32 as _threefry_2x32
 
 from jaxestim import _validation
 from jaxestim._errors import EstimatorError
+from jaxestim._estimator import Estimator
 from jaxestim._util import check_key, concrete
 from jaxestim.distributions import Distribution
 from jaxestim.distributions._base import RandomStream, _canonical_sample_shape
@@ -303,8 +304,6 @@ def sample(
     shape = _canonical_sample_shape(sample_shape)
     _validation.check_site(dist)  # checkify checks of the parameters under validate=True
     if estimator is not None:
-        from jaxestim._estimators import Estimator
-
         if not isinstance(estimator, Estimator):
             raise TypeError(
                 f"je.sample: `estimator` must be a jaxestim estimator or None, got "
@@ -888,3 +887,21 @@ def cond(pred: Any, true_fun: Callable[..., Any], false_fun: Callable[..., Any],
     if p.shape != ():
         raise TypeError(f"je.cond: `pred` must be a scalar, got shape {p.shape}")
     return switch((p != 0).astype(jnp.int32), [false_fun, true_fun], *operands)
+
+
+class WholeProgramHandler(Handler):
+    """Plain sampling at every site; rejects per-site overrides. One handler per program run."""
+
+    needs_bounded_loops = False
+
+    def __init__(self, name: str):
+        super().__init__()
+        self.name = name
+
+    def sample(self, key, dist, sample_shape, estimator, mask):
+        if estimator is not None:
+            raise EstimatorError(
+                f"je.{self.name}() is a whole-program estimator: sites take no per-site "
+                f"`estimator` override (got je.{estimator.name}())"
+            )
+        return dist.sample(key, sample_shape)

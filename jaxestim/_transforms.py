@@ -28,17 +28,11 @@ from jax.flatten_util import ravel_pytree
 
 from jaxestim import _sharding, _validation
 from jaxestim._errors import EstimatorError
-from jaxestim._estimators import (
-    BOUNDARY,
-    INVALID,
-    Auto,
-    Estimator,
-    ScoreFunction,
-    SurrogateHandler,
-    WholeProgramHandler,
-)
-from jaxestim._handlers import current_handler
+from jaxestim._estimator import Estimator
+from jaxestim._handlers import WholeProgramHandler, current_handler
+from jaxestim._surrogate import BOUNDARY, INVALID, SurrogateHandler
 from jaxestim._util import check_key, tree_add, tree_scale
+from jaxestim.estimators import Auto, ScoreFunction
 
 _LEAK_HINT = (
     "A traced value escaped the transformation that created it while an estimator "

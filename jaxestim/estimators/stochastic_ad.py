@@ -135,12 +135,7 @@ import jax.numpy as jnp
 from jax.flatten_util import ravel_pytree
 
 from jaxestim._errors import EstimatorError
-from jaxestim._estimators import (
-    Estimator,
-    check_directions,
-    direction_matrix,
-    gradient_from_directional,
-)
+from jaxestim._estimator import Estimator
 from jaxestim._handlers import Handler, mask_value
 from jaxestim._util import check_key, fold_in_str, pytree_dataclass, static_field
 from jaxestim.distributions import (
@@ -150,6 +145,11 @@ from jaxestim.distributions import (
     Geometric,
     OneHotCategorical,
     Poisson,
+)
+from jaxestim.estimators._directions import (
+    check_directions,
+    direction_matrix,
+    gradient_from_directional,
 )
 
 _SUPPORTED = (Bernoulli, Binomial, Categorical, Geometric, OneHotCategorical, Poisson)

@@ -1,0 +1,72 @@
+"""The estimator base class and helpers shared by the site-level estimator families.
+
+Every estimator is a small frozen pytree dataclass: numeric hyper-parameters (temperature,
+finite-difference step, constant baseline) are leaves and may be traced, so
+``jax.vmap`` over them works; configuration (scheme, flags) is static. The families live in
+:mod:`jaxestim.estimators`; this module imports none of them (nor the handlers), so
+:mod:`jaxestim._handlers` can check ``je.sample(..., estimator=...)`` against the base class
+without an import cycle.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any, ClassVar
+
+import jax
+
+from jaxestim._errors import EstimatorError
+from jaxestim.distributions import Bernoulli, Categorical, Distribution, OneHotCategorical
+
+if TYPE_CHECKING:
+    from jaxestim._surrogate import SurrogateHandler
+
+RELAXABLE = (Bernoulli, Categorical, OneHotCategorical)
+
+
+class Estimator:
+    """Base class of all estimators."""
+
+    site_level: ClassVar[bool] = True
+    name: ClassVar[str] = "estimator"
+
+    @property
+    def differences_only(self) -> bool:
+        """Whether the gradient uses only perturbed runs (central finite differences)."""
+        return False
+
+    @property
+    def has_state(self) -> bool:
+        """Whether the estimator carries state between calls (see :meth:`init`)."""
+        return False
+
+    def init(self) -> Any:
+        """Initial estimator state; ``None`` for stateless estimators."""
+        return None
+
+    def check(self, num_samples: int) -> None:
+        """Validate against the transform's configuration (raises ``ValueError``)."""
+
+    def process_site(
+        self, ctx: SurrogateHandler, key: jax.Array, dist: Distribution, sample_shape: tuple
+    ) -> jax.Array:
+        raise NotImplementedError
+
+
+def site_error(est: str, dist: Distribution, why: str, suggest: str) -> EstimatorError:
+    return EstimatorError(
+        f"{est} cannot handle a {type(dist).__name__} sample site: {why}. Use {suggest}, "
+        f"either for the whole program or at this site via "
+        f"je.sample(key, dist, estimator=...)."
+    )
+
+
+def is_index_categorical(dist: Distribution) -> bool:
+    """A Categorical with integer values (not OneHotCategorical, which subclasses it)."""
+    return isinstance(dist, Categorical) and not isinstance(dist, OneHotCategorical)
+
+
+def one_hot_site(dist: Distribution, x: jax.Array) -> jax.Array:
+    """Categorical index samples as one-hot vectors (relaxation estimators' convention)."""
+    if is_index_categorical(dist):
+        return jax.nn.one_hot(x, dist.num_categories, dtype=dist.probs.dtype)
+    return x

@@ -1,0 +1,168 @@
+"""The surrogate handler of the site-level estimators.
+
+It runs every sample site with the site's estimator (the transform's, or a per-site
+override) and collects the score-function log-probabilities by baseline group, the
+support-boundary records and the invalid-parameter counts; :mod:`jaxestim._transforms`
+builds the DiCE surrogate from them.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+
+from jaxestim._errors import EstimatorError
+from jaxestim._estimator import Estimator
+from jaxestim._handlers import Handler, mask_value
+from jaxestim.distributions import Distribution
+from jaxestim.estimators.score_function import ScoreFunction
+
+# keys of SurrogateHandler.logp besides the score-function groups 0, 1, ...: the
+# support-boundary record (see _transforms._boundary_terms) and the number of elements with
+# invalid parameters (_transforms._invalid_count)
+BOUNDARY, INVALID = -1, -2
+
+
+def _nan_derivative_if(bad: jax.Array, x: jax.Array, dist: Distribution) -> jax.Array:
+    """``x`` unchanged in value, with a NaN derivative in every parameter of ``dist`` if
+    ``bad`` (``param * 0`` has derivative 0, ``param * nan`` NaN; no ``where`` trap)."""
+    if not jnp.issubdtype(x.dtype, jnp.inexact):
+        return x
+    factor = jnp.where(bad, jnp.nan, 0.0)
+    leaves = [v for v in jax.tree_util.tree_leaves(dist) if jnp.issubdtype(v.dtype, jnp.inexact)]
+    term = sum(jnp.sum(v) for v in leaves) * factor
+    return x + (term - jax.lax.stop_gradient(term)).astype(x.dtype)
+
+
+class SurrogateHandler(Handler):
+    """Handler for site-level estimators: runs sites, collects score-function log-probs.
+
+    ``groups`` (shared with loop and branch children) lists the distinct score-function
+    estimators met; ``logp[i]`` is the summed log-probability of this sample's sites in
+    group ``i``. ``shared`` is created per trace of the program (:meth:`new_shared`).
+    """
+
+    recording = True
+
+    def __init__(self, estimator: Estimator, num_samples: int, shared: dict | None = None):
+        super().__init__()
+        self.estimator = estimator
+        self.name = estimator.name
+        self.num_samples = num_samples
+        self.shared = self.new_shared(num_samples) if shared is None else shared
+        self.logp: dict[int, jax.Array] = {}
+        self._mask: jax.Array | None = None
+
+    @staticmethod
+    def new_shared(num_samples: int) -> dict:
+        """State shared by one program trace and its loop and branch children."""
+        auto_baseline = "leave_one_out" if num_samples >= 2 else None
+        return {"groups": [], "auto_score": ScoreFunction(baseline=auto_baseline)}
+
+    @property
+    def groups(self) -> list[ScoreFunction]:
+        return self.shared["groups"]
+
+    @property
+    def auto_score(self) -> ScoreFunction:
+        return self.shared["auto_score"]
+
+    def sample(self, key, dist, sample_shape, estimator, mask):
+        est = self.estimator if estimator is None else estimator
+        if not est.site_level:
+            raise EstimatorError(
+                f"je.{est.name}() is a whole-program estimator and cannot be chosen for a "
+                f"single site; per-site overrides must be je.pathwise(), "
+                f"je.score_function(), je.gumbel_softmax(), je.straight_through() or "
+                f"je.auto()"
+            )
+        self._mask = mask
+        try:
+            x = est.process_site(self, key, dist, sample_shape)
+        finally:
+            self._mask = None
+        invalid = jnp.logical_not(dist._params_valid())
+        if mask is not None:
+            invalid = mask & invalid
+        if self.in_own_trace():
+            self._add(INVALID, jnp.sum(invalid).astype(jnp.result_type(float)))
+        else:  # inside plain lax control flow: nothing may leave, so poison the derivative
+            x = _nan_derivative_if(jnp.any(invalid), x, dist)
+        return mask_value(x, mask)
+
+    def site_log_prob(self, dist: Distribution, x: jax.Array) -> jax.Array:
+        """The summed log-probability of a site's draws ``x``, without masked-out draws.
+
+        Also records the site's support-boundary terms (see ``_transforms._boundary_terms``):
+        the score function is biased where the support changes with the parameters.
+        """
+        lp = dist._sampled_log_prob(x)
+        if self._mask is not None:
+            lp = jnp.where(self._mask, lp, 0.0)
+        sb = dist._support_boundary()
+        if sb is not None:
+            q, _, at = sb
+            site = self.shared["sites"] = self.shared.get("sites", 0) + 1
+            w = 1.0 + 0.5 * jnp.sin(1.7 * jnp.arange(q.shape[0], dtype=q.dtype) + 2.3 * site)
+            # one record: its value counts the elements on a boundary, its gradient is that
+            # of sum_e w_e q_e (zero unless a boundary parameter moves with theta)
+            moving = jnp.sum(w * (q - jax.lax.stop_gradient(q)))
+            self._add(BOUNDARY, jnp.sum(at).astype(q.dtype) + moving)
+        return jnp.sum(lp)
+
+    def check_score_estimator(self, est: ScoreFunction) -> None:
+        if est.has_state and est is not self.estimator:
+            raise EstimatorError(
+                "a score_function with a stateful MovingAverage baseline can only be the "
+                "transform's estimator (its state is threaded through estimator_state=); "
+                "use a constant or 'leave_one_out' baseline for a per-site override"
+            )
+        est.check(self.num_samples)
+
+    def add_score(self, est: ScoreFunction, logp: jax.Array) -> None:
+        self.check_recording_site(f"a je.{est.name}() sample site (it records log p)")
+        self._add(self._group(est), logp)
+
+    def _group(self, est: ScoreFunction) -> int:
+        i = next((j for j, g in enumerate(self.groups) if g is est), None)
+        if i is None:
+            self.groups.append(est)
+            i = len(self.groups) - 1
+        return i
+
+    def _add(self, i: int, logp: jax.Array) -> None:
+        self.logp[i] = self.logp[i] + logp if i in self.logp else logp
+
+    # loops: per-iteration log-probs are stacked and summed
+    def loop_child(self, state):
+        return SurrogateHandler(self.estimator, self.num_samples, self.shared)
+
+    def loop_outputs(self):
+        return None, dict(self.logp)
+
+    def absorb_loop(self, state, stacked, child, length):
+        for i, v in stacked.items():
+            self._add(i, jnp.sum(v, axis=0))
+
+    # branches: the union of the groups any branch records, 0 where a branch records none
+    def branch_child(self, state, index, layout):
+        return self.loop_child(state)
+
+    def branch_layout(self, children):
+        layout: dict[int, Any] = {}
+        for c in children:
+            for i, v in c.probe_shapes.items():
+                layout[i] = jnp.result_type(layout.get(i, v.dtype), v.dtype)
+        return dict(sorted(layout.items()))
+
+    def branch_outputs(self, layout):
+        return None, {
+            i: jnp.asarray(self.logp[i], dt) if i in self.logp else jnp.zeros((), dt)
+            for i, dt in layout.items()
+        }
+
+    def absorb_branches(self, state, records, layout):
+        for i, v in records.items():
+            self._add(i, v)

@@ -1,0 +1,59 @@
+"""The estimator families, one module each.
+
+Two kinds exist:
+
+* *site-level* estimators act at each sample site and build a surrogate objective whose
+  reverse-mode gradient is the estimate; they may be mixed per site with
+  ``je.sample(..., estimator=...)``:
+  :mod:`~jaxestim.estimators.pathwise` (reparameterization),
+  :mod:`~jaxestim.estimators.score_function` (REINFORCE with baselines),
+  :mod:`~jaxestim.estimators.relaxations` (Gumbel-softmax, straight-through) and
+  :mod:`~jaxestim.estimators.auto` (pathwise where possible, score function elsewhere).
+* *whole-program* estimators re-run the program (at perturbed parameters, or coupled
+  alternatives of its discrete draws); they take no per-site overrides:
+  :mod:`~jaxestim.estimators.finite_difference` and
+  :mod:`~jaxestim.estimators.stochastic_ad`.
+
+The base class is :class:`jaxestim.Estimator` (``jaxestim/_estimator.py``); the surrogate
+handler that runs the site-level ones is in ``jaxestim/_surrogate.py``. Every public name
+is re-exported from :mod:`jaxestim`.
+"""
+
+from jaxestim.estimators.auto import Auto, auto
+from jaxestim.estimators.finite_difference import FiniteDifference, finite_difference
+from jaxestim.estimators.pathwise import Pathwise, pathwise
+from jaxestim.estimators.relaxations import (
+    GumbelSoftmax,
+    StraightThrough,
+    gumbel_softmax,
+    select,
+    straight_through,
+)
+from jaxestim.estimators.score_function import ScoreFunction, reinforce, score_function
+from jaxestim.estimators.stochastic_ad import (
+    StochasticAD,
+    StochasticTriple,
+    stochastic_ad,
+    stochastic_triple,
+)
+
+__all__ = [
+    "Auto",
+    "FiniteDifference",
+    "GumbelSoftmax",
+    "Pathwise",
+    "ScoreFunction",
+    "StochasticAD",
+    "StochasticTriple",
+    "StraightThrough",
+    "auto",
+    "finite_difference",
+    "gumbel_softmax",
+    "pathwise",
+    "reinforce",
+    "score_function",
+    "select",
+    "stochastic_ad",
+    "stochastic_triple",
+    "straight_through",
+]
