@@ -21,7 +21,9 @@ from jaxestim._handlers import LoopKey, cond, fori_loop, sample, scan, switch, w
 from jaxestim._resampling import new_log_weight, new_weight, resample
 from jaxestim._transforms import grad, grad_samples, value_and_grad
 from jaxestim.estimators import (
+    ARM,
     Auto,
+    DisARM,
     FiniteDifference,
     GumbelSoftmax,
     Pathwise,
@@ -29,7 +31,9 @@ from jaxestim.estimators import (
     StochasticAD,
     StochasticTriple,
     StraightThrough,
+    arm,
     auto,
+    disarm,
     finite_difference,
     gumbel_softmax,
     pathwise,
@@ -44,9 +48,11 @@ from jaxestim.estimators import (
 __version__ = "0.1.0"
 
 __all__ = [
+    "ARM",
     "Auto",
     "CheckReport",
     "ComparisonReport",
+    "DisARM",
     "Estimator",
     "EstimatorError",
     "Finding",
@@ -60,11 +66,13 @@ __all__ = [
     "StochasticTriple",
     "StraightThrough",
     "SweepResult",
+    "arm",
     "auto",
     "baselines",
     "check",
     "compare",
     "cond",
+    "disarm",
     "distributions",
     "finite_difference",
     "fori_loop",

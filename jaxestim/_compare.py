@@ -211,6 +211,11 @@ UNBIASEDNESS: dict[str, tuple[bool, str]] = {
         "auto is unbiased (pathwise where reparameterizable, score function elsewhere)",
     ),
     "stochastic_ad": (True, "stochastic_ad is unbiased (no relaxation)"),
+    "disarm": (
+        True,
+        "disarm is unbiased (Bernoulli sites independent given θ; a dependence raises)",
+    ),
+    "arm": (True, "arm is unbiased (Bernoulli sites independent given θ; a dependence raises)"),
     "finite_difference": (
         False,
         "finite_difference is biased: O(h²) for central, O(h) for one-sided differences",

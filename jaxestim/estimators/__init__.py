@@ -11,14 +11,15 @@ Two kinds exist:
   :mod:`~jaxestim.estimators.auto` (pathwise where possible, score function elsewhere).
 * *whole-program* estimators re-run the program (at perturbed parameters, or coupled
   alternatives of its discrete draws); they take no per-site overrides:
-  :mod:`~jaxestim.estimators.finite_difference` and
-  :mod:`~jaxestim.estimators.stochastic_ad`.
+  :mod:`~jaxestim.estimators.finite_difference`,
+  :mod:`~jaxestim.estimators.stochastic_ad` and :mod:`~jaxestim.estimators.arm` (DisARM, ARM).
 
 The base class is :class:`jaxestim.Estimator` (``jaxestim/_estimator.py``); the surrogate
 handler that runs the site-level ones is in ``jaxestim/_surrogate.py``. Every public name
 is re-exported from :mod:`jaxestim`.
 """
 
+from jaxestim.estimators.arm import ARM, DisARM, arm, disarm
 from jaxestim.estimators.auto import Auto, auto
 from jaxestim.estimators.finite_difference import FiniteDifference, finite_difference
 from jaxestim.estimators.pathwise import Pathwise, pathwise
@@ -38,7 +39,9 @@ from jaxestim.estimators.stochastic_ad import (
 )
 
 __all__ = [
+    "ARM",
     "Auto",
+    "DisARM",
     "FiniteDifference",
     "GumbelSoftmax",
     "Pathwise",
@@ -46,7 +49,9 @@ __all__ = [
     "StochasticAD",
     "StochasticTriple",
     "StraightThrough",
+    "arm",
     "auto",
+    "disarm",
     "finite_difference",
     "gumbel_softmax",
     "pathwise",
