@@ -407,3 +407,20 @@ def test_higher_order_raises_and_boundaries():
         return je.sample(k1, D.Bernoulli(probs=0.0 * t)) + je.sample(k2, D.Bernoulli(logits=t))
 
     assert_unbiased(samples(fixed, DISARM, 0.3, 4000), sig(0.3) * (1 - sig(0.3)), 0.01)
+
+
+def test_mask_and_aux():
+    # a masked element is not flipped in the antithetic run and adds no term: the estimate
+    # is the gradient of the two active elements' cost (and of E[z^2] = t^2 + 1)
+    def f(k, t):
+        k1, k2 = jax.random.split(k)
+        mask = jnp.array([True, False, True])
+        b = je.sample(k1, D.Bernoulli(logits=t), sample_shape=(3,), mask=mask)
+        z = je.sample(k2, D.Normal(t, 1.0))
+        return jnp.sum((b - 0.3) ** 2) + z**2, b
+
+    t = 0.2
+    s, b = samples(f, DISARM, t, 20_000, has_aux=True)
+    assert b.shape == (20_000, 3)
+    exact = 2 * sig(t) * (1 - sig(t)) * (0.49 - 0.09) + 2 * t
+    assert_unbiased(s, exact, 0.02)
