@@ -17,7 +17,7 @@ from jaxestim._check import CheckReport, Finding, check
 from jaxestim._compare import ComparisonReport, Recommendation, SweepResult, compare, sweep
 from jaxestim._errors import EstimatorError
 from jaxestim._estimator import Estimator
-from jaxestim._handlers import LoopKey, cond, fori_loop, sample, scan, switch, while_loop
+from jaxestim._handlers import LoopKey, cond, cost, fori_loop, sample, scan, switch, while_loop
 from jaxestim._resampling import new_log_weight, new_weight, resample
 from jaxestim._transforms import grad, grad_samples, value_and_grad
 from jaxestim.estimators import (
@@ -72,6 +72,7 @@ __all__ = [
     "check",
     "compare",
     "cond",
+    "cost",
     "disarm",
     "distributions",
     "finite_difference",

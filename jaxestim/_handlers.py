@@ -205,6 +205,10 @@ class Handler:
             child._keys = list(self._keys)
         return child
 
+    def cost(self, value: jax.Array) -> jax.Array:
+        """A :func:`cost` declaration; only the surrogate handler weighs it (identity here)."""
+        return value
+
     # --- loop protocol -------------------------------------------------------------------
     def loop_state(self) -> Any:
         """Initial loop-carried state of this handler (a pytree)."""
@@ -323,6 +327,54 @@ def sample(
     if loop_key is not None:
         loop_key._consumed(key)
     return out
+
+
+def cost(value: Any) -> jax.Array:
+    r"""Declare that ``value`` is known at this point of the program: credit assignment.
+
+    Returns ``value`` unchanged; the program's objective is still what it returns. Under a
+    score-function estimator (:func:`jaxestim.score_function`, or :func:`jaxestim.auto` at
+    discrete sites) the declaration changes *which draws are credited with which part of
+    the objective*: a score-function site is weighed only by the declared costs that come
+    after it (and by the part of the returned objective not declared as costs), not by the
+    costs incurred before it was drawn -- the "reward-to-go" of policy gradients. With the
+    declared costs ``c_k`` and ``L_{<k}`` the summed log-probability of the score-function
+    sites drawn before declaration ``k`` (``L`` of all of them), the per-sample surrogate
+    is (DiCE with costs, Foerster et al. 2018, eq. 5)::
+
+        s = sum_k box(L_{<k}) c_k + box(L) (f - sum_k c_k) + baseline terms.
+
+    Its value is ``f``; its gradient ``sum_k c_k grad L_{<k} + (f - sum_k c_k) grad L +
+    grad f``. Unbiased for any ``f`` (a cost depends only on draws made before it, whose
+    score terms are the only ones that correlate with it), with lower variance than
+    weighing every site by the whole ``f`` when costs accrue along the way. Declare the
+    per-step cost inside :func:`jaxestim.scan` / :func:`jaxestim.fori_loop` bodies
+    (``je.cost(c_t)``) and return their total (or the total plus terminal terms). Higher
+    derivatives stay unbiased (``box`` products, as in DiCE). Other estimators (pathwise,
+    relaxations, finite differences, stochastic_ad) ignore the declaration: their estimates
+    do not involve credit assignment. Outside a transform it is the identity.
+
+    For a state-dependent baseline per site, give the site a score-function override with
+    the baseline computed in the program, e.g.
+    ``je.sample(k, policy(s), estimator=je.score_function(baseline=value_fn(s)))``: such
+    a baseline (any array, also inside loops) is subtracted from that site's weight only.
+
+    Args:
+      value: a real scalar (per sample) computed from what the program has drawn so far.
+
+    Returns:
+      ``value``.
+    """
+    value = jnp.asarray(value)
+    if value.shape != () or not jnp.issubdtype(value.dtype, jnp.inexact):
+        raise TypeError(
+            f"je.cost: `value` must be a real floating scalar (one cost per sample), got "
+            f"shape {value.shape} and dtype {value.dtype}; sum a vector of costs first"
+        )
+    if jnp.issubdtype(value.dtype, jnp.complexfloating):
+        raise TypeError(f"je.cost: `value` must be real, got dtype {value.dtype}")
+    handler = current_handler()
+    return value if handler is None else handler.cost(value)
 
 
 def mask_value(x: jax.Array, mask: jax.Array | None) -> jax.Array:

@@ -16,6 +16,7 @@ import jax.numpy as jnp
 from jaxestim._errors import EstimatorError
 from jaxestim._estimator import Estimator
 from jaxestim._handlers import Handler, mask_value
+from jaxestim.baselines import MovingAverage
 from jaxestim.distributions import Distribution
 from jaxestim.estimators.score_function import ScoreFunction
 
@@ -23,6 +24,24 @@ from jaxestim.estimators.score_function import ScoreFunction
 # support-boundary record (see _transforms._boundary_terms) and the number of elements with
 # invalid parameters (_transforms._invalid_count)
 BOUNDARY, INVALID = -1, -2
+# je.cost credit assignment (see jaxestim._handlers.cost): COST_S = sum_k box(L_{<k}) c_k,
+# COST_C = sum_k c_k; SITE_B = sum_i (1 - box(log p_i)) b_i over sites with a per-site
+# baseline (a score-function override whose baseline is an array)
+COST_S, COST_C, SITE_B = -3, -4, -5
+
+
+def magic_box(x: jax.Array) -> jax.Array:
+    r"""The DiCE "magic box" (Foerster et al., 2018): ``exp(x - stop_gradient(x))``.
+
+    Its value is exactly 1 and ``grad box(L) = box(L) grad L``, so every derivative of
+    ``box(log p) * f`` reproduces the score-function terms of that order.
+    """
+    return jnp.exp(x - jax.lax.stop_gradient(x))
+
+
+def _is_site_baseline(b: Any) -> bool:
+    """A per-site baseline: a number or array (not None, "leave_one_out", MovingAverage)."""
+    return b is not None and not isinstance(b, str | MovingAverage)
 
 
 def _nan_derivative_if(bad: jax.Array, x: jax.Array, dist: Distribution) -> jax.Array:
@@ -123,7 +142,29 @@ class SurrogateHandler(Handler):
 
     def add_score(self, est: ScoreFunction, logp: jax.Array) -> None:
         self.check_recording_site(f"a je.{est.name}() sample site (it records log p)")
-        self._add(self._group(est), logp)
+        i = self._group(est)
+        self._add(i, logp)
+        if (
+            est is not self.estimator
+            and est is not self.auto_score
+            and _is_site_baseline(est.baseline)
+        ):
+            # a per-site override with an array baseline (possibly state-dependent, computed
+            # in the program): its DiCE baseline term is this site's alone
+            self.shared.setdefault("site_baselines", set()).add(i)
+            b = jax.lax.stop_gradient(jnp.asarray(est.baseline, logp.dtype))
+            self._add(SITE_B, (1.0 - magic_box(logp)) * b)
+
+    def _score_total(self) -> jax.Array:
+        """``L``: the summed log-probability of this run's score-function sites so far."""
+        terms = [v for i, v in self.logp.items() if i >= 0]
+        return sum(terms) if terms else jnp.zeros(())
+
+    def cost(self, value: jax.Array) -> jax.Array:
+        self.check_recording_site("je.cost (it records the cost's place among the draws)")
+        self._add(COST_S, magic_box(self._score_total()) * value)
+        self._add(COST_C, value)
+        return value
 
     def _group(self, est: ScoreFunction) -> int:
         i = next((j for j, g in enumerate(self.groups) if g is est), None)
@@ -143,8 +184,16 @@ class SurrogateHandler(Handler):
         return None, dict(self.logp)
 
     def absorb_loop(self, state, stacked, child, length):
+        if COST_S in stacked:
+            # iteration t's costs are weighed by the sites before the loop and those of
+            # iterations < t: box(L_0 + sum_{t' < t} l_t') (box(a + b) = box(a) box(b))
+            ell = [v for i, v in stacked.items() if i >= 0]
+            ell = sum(ell) if ell else jnp.zeros((length,))
+            prefix = self._score_total() + jnp.cumsum(ell) - ell
+            self._add(COST_S, jnp.sum(magic_box(prefix) * stacked[COST_S]))
         for i, v in stacked.items():
-            self._add(i, jnp.sum(v, axis=0))
+            if i != COST_S:
+                self._add(i, jnp.sum(v, axis=0))
 
     # branches: the union of the groups any branch records, 0 where a branch records none
     def branch_child(self, state, index, layout):
@@ -165,4 +214,6 @@ class SurrogateHandler(Handler):
 
     def absorb_branches(self, state, records, layout):
         for i, v in records.items():
+            if i == COST_S:  # the branch's costs are also weighed by the sites before it
+                v = magic_box(self._score_total()) * v
             self._add(i, v)

@@ -30,7 +30,15 @@ from jaxestim import _sharding, _validation
 from jaxestim._errors import EstimatorError
 from jaxestim._estimator import Estimator
 from jaxestim._handlers import WholeProgramHandler, current_handler
-from jaxestim._surrogate import BOUNDARY, INVALID, SurrogateHandler
+from jaxestim._surrogate import (
+    BOUNDARY,
+    COST_C,
+    COST_S,
+    INVALID,
+    SITE_B,
+    SurrogateHandler,
+    magic_box,
+)
 from jaxestim._util import check_key, tree_add, tree_scale
 from jaxestim.estimators import Auto, ScoreFunction
 
@@ -135,15 +143,6 @@ def _scan_chunks(fn: Callable, keys: jax.Array, chunk_size: int | None) -> tuple
         acc = tree_add(acc, a)
         per = jax.tree_util.tree_map(lambda x, y: jnp.concatenate([x, y]), per, per_r)
     return acc, per
-
-
-def magic_box(x: jax.Array) -> jax.Array:
-    r"""The DiCE "magic box" (Foerster et al., 2018): ``exp(x - stop_gradient(x))``.
-
-    Its value is exactly 1 and ``grad box(L) = box(L) grad L``, so every derivative of
-    ``box(log p) * f`` reproduces the score-function terms of that order.
-    """
-    return jnp.exp(x - jax.lax.stop_gradient(x))
 
 
 def _is_inexact(x: Any) -> bool:
@@ -528,12 +527,14 @@ class _SiteProgram(NamedTuple):
     """The per-sample program of a site-level estimator, traced once (:meth:`_Run.program`).
 
     ``call(key, diff) -> (f, logp, aux)``; ``groups`` are its score-function groups (the
-    keys of ``logp`` index them); ``boundary``: some site records a support-boundary term.
+    keys of ``logp`` index them); ``boundary``: some site records a support-boundary term;
+    ``site_baselines``: the groups whose baselines are per-site (recorded in ``SITE_B``).
     """
 
     call: Callable
     groups: list
     boundary: bool
+    site_baselines: frozenset = frozenset()
 
 
 class _Run:
@@ -549,6 +550,11 @@ class _Run:
         # Gumbel-softmax at a discrete site) has been traced.
         self.higher_order_ok = True
         self._program: _SiteProgram | None = None
+
+    @property
+    def program_site_baselines(self) -> frozenset:
+        """Groups with per-site baselines (known once the program has been traced)."""
+        return frozenset() if self._program is None else self._program.site_baselines
 
     def higher_order_message(self) -> str:
         name = self.est.name
@@ -589,7 +595,12 @@ class _Run:
             call, (_, logp, _) = _trace_once(one, key, diff)
             if not shared.get("higher_order_ok", True):
                 self.higher_order_ok = False
-            self._program = _SiteProgram(call, list(shared["groups"]), BOUNDARY in logp)
+            self._program = _SiteProgram(
+                call,
+                list(shared["groups"]),
+                BOUNDARY in logp,
+                frozenset(shared.get("site_baselines", ())),
+            )
         return self._program
 
     def terms(self, keys: jax.Array, diff: tuple):
@@ -624,10 +635,20 @@ class _Run:
         = -E[b_g] grad^n integral p_g(x; theta) dx = -E[b_g] grad^n 1 = 0``:
         it changes no derivative in expectation, only the variance.
         """
-        if not groups:
+        costs = COST_S in logp
+        if not groups and not costs:
             return f
-        s = magic_box(sum(logp[i] for i in range(len(groups)))) * f
+        box_all = magic_box(sum(logp[i] for i in range(len(groups))))
+        if costs:  # je.cost declarations: each cost weighed by the sites drawn before it
+            s = box_all * (f - logp[COST_C]) + logp[COST_S]
+        else:
+            s = box_all * f
+        if SITE_B in logp:  # per-site baselines (score-function overrides with an array)
+            s = s + logp[SITE_B]
+        site_baselines = self.program_site_baselines
         for i, g in enumerate(groups):
+            if i in site_baselines:
+                continue
             b = jax.lax.stop_gradient(g.baseline_value(f, total, self.num_samples, state))
             s = s + (1.0 - magic_box(logp[i])) * b
         return s
