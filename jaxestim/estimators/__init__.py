@@ -23,9 +23,13 @@ from jaxestim.estimators.auto import Auto, auto
 from jaxestim.estimators.finite_difference import FiniteDifference, finite_difference
 from jaxestim.estimators.pathwise import Pathwise, pathwise
 from jaxestim.estimators.relaxations import (
+    GumbelRao,
     GumbelSoftmax,
+    ReinMax,
     StraightThrough,
+    gumbel_rao,
     gumbel_softmax,
+    reinmax,
     select,
     straight_through,
 )
@@ -40,17 +44,21 @@ from jaxestim.estimators.stochastic_ad import (
 __all__ = [
     "Auto",
     "FiniteDifference",
+    "GumbelRao",
     "GumbelSoftmax",
     "Pathwise",
+    "ReinMax",
     "ScoreFunction",
     "StochasticAD",
     "StochasticTriple",
     "StraightThrough",
     "auto",
     "finite_difference",
+    "gumbel_rao",
     "gumbel_softmax",
     "pathwise",
     "reinforce",
+    "reinmax",
     "score_function",
     "select",
     "stochastic_ad",
