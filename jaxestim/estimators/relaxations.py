@@ -1,4 +1,4 @@
-"""Relaxations of discrete sites: Gumbel-softmax (Concrete) and straight-through.
+"""Relaxations of discrete sites: Gumbel-softmax (Concrete), straight-through, Gumbel-Rao, ReinMax.
 
 Their gradients are biased (``f`` is differentiated off the discrete support or at the
 mean); they are cheap and low-variance. :func:`select` indexes tables with categorical
@@ -38,6 +38,12 @@ class GumbelSoftmax(Estimator):
     :func:`jaxestim.select`, which accepts both integer and one-hot samples, so the same
     program runs under every estimator. Continuous sites are reparameterized (pathwise);
     other discrete sites raise :class:`EstimatorError`.
+
+    Temperature schedules: ``temperature`` is a pytree leaf, so a traced value (e.g. an optax
+    schedule evaluated at the step count inside a jitted training step,
+    ``je.gumbel_softmax(optax.exponential_decay(2.0, 100, 0.9)(i))``) anneals it without
+    retracing or recompiling the step; the same holds for :class:`GumbelRao` and
+    :class:`ReinMax`.
 
     Attributes:
       temperature: ``tau > 0`` (may be traced, e.g. under ``jax.vmap`` or annealed).
