@@ -166,24 +166,32 @@ def test_gumbel_rao_variance_decreases_with_k(rao_samples):
     assert np.all(sd10 < 0.9 * sd1), (sd1, sd10)
 
 
-def test_gumbel_rao_in_scan_with_bulk_keys_and_chunks():
-    # f = sum_t x_t, x_t ~ Bernoulli(logits=eta) in je.scan with key= (RandomStream words for
-    # the conditional draws); mean = T E[sigmoid'((eta + L)/tau)/tau] by quadrature.
-    T, tau, eta = 5, 0.7, 0.4
+def test_per_site_in_scan_with_bulk_keys_and_chunks():
+    # f = sum_t (x_t + 2 z_t) in je.scan with key= (RandomStream words, including the
+    # conditional draws): x_t ~ Bernoulli(logits=e[0]) under gumbel_rao, mean
+    # T E[sigmoid'((e0 + L)/tau)/tau] by quadrature; z_t ~ Bernoulli(logits=e[1]) under
+    # reinmax(1), exact for this linear f: 2 T sigmoid'(e1). The transform's estimator is
+    # the score function (per-site overrides).
+    T, tau, e0, e1 = 5, 0.7, 0.4, -0.6
 
     def walk(key, e):
         def step(n, _x, k):
-            return n + je.sample(k, D.Bernoulli(logits=e), estimator=je.gumbel_rao(tau, 4)), None
+            ka, kb = k.split(2)
+            x = je.sample(ka, D.Bernoulli(logits=e[0]), estimator=je.gumbel_rao(tau, 4))
+            z = je.sample(kb, D.Bernoulli(logits=e[1]), estimator=je.reinmax(1.0))
+            return n + x + 2 * z, None
 
         return je.scan(step, jnp.zeros(()), None, length=T, key=key)[0]
 
     def h(u):
-        s = special.expit((eta + special.logit(u)) / tau)
+        s = special.expit((e0 + special.logit(u)) / tau)
         return s * (1 - s) / tau
 
-    exact = T * integrate.quad(h, 0, 1, epsabs=1e-12)[0]
+    q = special.expit(e1)
+    exact = [T * integrate.quad(h, 0, 1, epsabs=1e-12)[0], 2 * T * q * (1 - q)]
     gs = je.grad_samples(walk, je.score_function(), num_samples=8000, chunk_size=2000)
-    assert_unbiased(np.asarray(jax.jit(gs)(KEY, jnp.asarray(eta))), exact, se_max=0.01)
+    g = np.asarray(jax.jit(gs)(KEY, jnp.array([e0, e1])))
+    assert_unbiased(g, exact, se_max=0.01)
 
 
 # ------------------------------------------------------------------ ReinMax
