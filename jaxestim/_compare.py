@@ -228,6 +228,14 @@ UNBIASEDNESS: dict[str, tuple[bool, str]] = {
         False,
         "straight_through is biased unless f is linear in the discrete samples",
     ),
+    "gumbel_rao": (
+        False,
+        "gumbel_rao is biased: it keeps straight-through Gumbel-softmax's mean",
+    ),
+    "reinmax": (
+        False,
+        "reinmax is biased unless f is quadratic in the discrete samples (at temperature 1)",
+    ),
 }
 """Estimator ``name`` (the class attribute) -> (documented unbiased?, the documented reason).
 

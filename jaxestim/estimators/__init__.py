@@ -24,9 +24,13 @@ from jaxestim.estimators.auto import Auto, auto
 from jaxestim.estimators.finite_difference import FiniteDifference, finite_difference
 from jaxestim.estimators.pathwise import Pathwise, pathwise
 from jaxestim.estimators.relaxations import (
+    GumbelRao,
     GumbelSoftmax,
+    ReinMax,
     StraightThrough,
+    gumbel_rao,
     gumbel_softmax,
+    reinmax,
     select,
     straight_through,
 )
@@ -43,8 +47,10 @@ __all__ = [
     "Auto",
     "DisARM",
     "FiniteDifference",
+    "GumbelRao",
     "GumbelSoftmax",
     "Pathwise",
+    "ReinMax",
     "ScoreFunction",
     "StochasticAD",
     "StochasticTriple",
@@ -53,9 +59,11 @@ __all__ = [
     "auto",
     "disarm",
     "finite_difference",
+    "gumbel_rao",
     "gumbel_softmax",
     "pathwise",
     "reinforce",
+    "reinmax",
     "score_function",
     "select",
     "stochastic_ad",
