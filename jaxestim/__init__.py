@@ -40,10 +40,13 @@ from jaxestim.estimators import (
     stochastic_triple,
     straight_through,
 )
+from jaxestim.estimators.relax import REBAR, RELAX, rebar, relax
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "REBAR",
+    "RELAX",
     "Auto",
     "CheckReport",
     "ComparisonReport",
@@ -74,7 +77,9 @@ __all__ = [
     "new_log_weight",
     "new_weight",
     "pathwise",
+    "rebar",
     "reinforce",
+    "relax",
     "resample",
     "sample",
     "scan",

@@ -12,7 +12,8 @@ Two kinds exist:
 * *whole-program* estimators re-run the program (at perturbed parameters, or coupled
   alternatives of its discrete draws); they take no per-site overrides:
   :mod:`~jaxestim.estimators.finite_difference` and
-  :mod:`~jaxestim.estimators.stochastic_ad`.
+  :mod:`~jaxestim.estimators.stochastic_ad`, and
+  :mod:`~jaxestim.estimators.relax` (REBAR / RELAX control variates, learned as state).
 
 The base class is :class:`jaxestim.Estimator` (``jaxestim/_estimator.py``); the surrogate
 handler that runs the site-level ones is in ``jaxestim/_surrogate.py``. Every public name
@@ -22,6 +23,7 @@ is re-exported from :mod:`jaxestim`.
 from jaxestim.estimators.auto import Auto, auto
 from jaxestim.estimators.finite_difference import FiniteDifference, finite_difference
 from jaxestim.estimators.pathwise import Pathwise, pathwise
+from jaxestim.estimators.relax import REBAR, RELAX, rebar, relax
 from jaxestim.estimators.relaxations import (
     GumbelSoftmax,
     StraightThrough,
@@ -38,6 +40,8 @@ from jaxestim.estimators.stochastic_ad import (
 )
 
 __all__ = [
+    "REBAR",
+    "RELAX",
     "Auto",
     "FiniteDifference",
     "GumbelSoftmax",
@@ -50,7 +54,9 @@ __all__ = [
     "finite_difference",
     "gumbel_softmax",
     "pathwise",
+    "rebar",
     "reinforce",
+    "relax",
     "score_function",
     "select",
     "stochastic_ad",
