@@ -48,11 +48,14 @@ from jaxestim.estimators import (
     stochastic_triple,
     straight_through,
 )
+from jaxestim.estimators.relax import REBAR, RELAX, rebar, relax
 
 __version__ = "0.1.0"
 
 __all__ = [
     "ARM",
+    "REBAR",
+    "RELAX",
     "Auto",
     "CheckReport",
     "ComparisonReport",
@@ -90,8 +93,10 @@ __all__ = [
     "new_log_weight",
     "new_weight",
     "pathwise",
+    "rebar",
     "reinforce",
     "reinmax",
+    "relax",
     "resample",
     "sample",
     "scan",

@@ -479,7 +479,7 @@ class _Transformed:
         def estimate(keys: jax.Array, diff: tuple, state: Any) -> tuple:
             if est.site_level:
                 return run.surrogate(keys, diff, state)
-            return (*run.whole_program(keys, diff), None)
+            return run.whole_program(keys, diff, state)
 
         if self.mesh is None:
             value, grads, aux, f, new_state = estimate(keys, diff, state)
@@ -773,9 +773,15 @@ class _Run:
         )
         return value, grads, aux, f, new_state
 
-    def whole_program(self, keys, diff):
+    def whole_program(self, keys, diff, state=None):
+        """``(value, grads, aux, f, new_state)``. A stateful whole-program estimator
+        (``je.rebar`` / ``je.relax`` with learned control variates) gets ``state`` in
+        ``per_sample(..., state=state)``, which returns a fourth output (a gradient w.r.t.
+        the state's parameters); its mean over the ``N`` samples goes to
+        ``est.update_state(state, mean)``, which gives ``new_state`` (else ``None``)."""
         theta, unravel = ravel_pytree(diff)
         est = self.est
+        stateful = est.has_state
 
         def plain(k, th):
             with WholeProgramHandler(est.name):
@@ -792,7 +798,11 @@ class _Run:
             return self.eval(k, unravel(th))
 
         def one(k):
-            out, err = _functional_checks(lambda k: est.per_sample(call, k, theta))(k)
+            if stateful:
+                ps = lambda k: est.per_sample(call, k, theta, state=state)
+            else:
+                ps = lambda k: (*est.per_sample(call, k, theta), None)
+            out, err = _functional_checks(ps)(k)
             _rethrow(err)
             return out
 
@@ -808,19 +818,25 @@ class _Run:
                 )(kc)
                 _rethrow(err)
                 f, gsum, aux = out
-                return gsum, (f, aux)
-            f, g, aux = jax.vmap(one)(kc)
+                return (gsum, None), (f, aux)
+            f, g, aux, sg = jax.vmap(one)(kc)
+            sg = jax.tree_util.tree_map(lambda x: jnp.sum(x, axis=0), sg)
             if self.kind == "grad_samples":
-                return None, (g, f, aux)
-            return jnp.sum(g, axis=0), (f, aux)
+                return (None, sg), (g, f, aux)
+            return (jnp.sum(g, axis=0), sg), (f, aux)
 
         if self.kind == "grad_samples":
-            _, (g, f, aux) = _scan_chunks(fn, keys, self.chunk_size)
+            (_, sgsum), (g, f, aux) = _scan_chunks(fn, keys, self.chunk_size)
             grads = jax.vmap(unravel)(g)
         else:
-            gsum, (f, aux) = _scan_chunks(fn, keys, self.chunk_size)
+            (gsum, sgsum), (f, aux) = _scan_chunks(fn, keys, self.chunk_size)
             grads = unravel(self.psum(gsum) / self.num_samples)
-        return self.psum(jnp.sum(f)) / self.num_samples, grads, aux, f
+        new_state = None
+        if stateful:
+            new_state = est.update_state(
+                state, tree_scale(self.psum(sgsum), 1.0 / self.num_samples)
+            )
+        return self.psum(jnp.sum(f)) / self.num_samples, grads, aux, f, new_state
 
 
 _COMMON_DOC = """

@@ -12,7 +12,8 @@ Two kinds exist:
 * *whole-program* estimators re-run the program (at perturbed parameters, or coupled
   alternatives of its discrete draws); they take no per-site overrides:
   :mod:`~jaxestim.estimators.finite_difference`,
-  :mod:`~jaxestim.estimators.stochastic_ad` and :mod:`~jaxestim.estimators.arm` (DisARM, ARM).
+  :mod:`~jaxestim.estimators.stochastic_ad`, :mod:`~jaxestim.estimators.arm` (DisARM, ARM) and
+  :mod:`~jaxestim.estimators.relax` (REBAR / RELAX control variates, learned as state).
 
 The base class is :class:`jaxestim.Estimator` (``jaxestim/_estimator.py``); the surrogate
 handler that runs the site-level ones is in ``jaxestim/_surrogate.py``. Every public name
@@ -23,6 +24,7 @@ from jaxestim.estimators.arm import ARM, DisARM, arm, disarm
 from jaxestim.estimators.auto import Auto, auto
 from jaxestim.estimators.finite_difference import FiniteDifference, finite_difference
 from jaxestim.estimators.pathwise import Pathwise, pathwise
+from jaxestim.estimators.relax import REBAR, RELAX, rebar, relax
 from jaxestim.estimators.relaxations import (
     GumbelRao,
     GumbelSoftmax,
@@ -44,6 +46,8 @@ from jaxestim.estimators.stochastic_ad import (
 
 __all__ = [
     "ARM",
+    "REBAR",
+    "RELAX",
     "Auto",
     "DisARM",
     "FiniteDifference",
@@ -62,8 +66,10 @@ __all__ = [
     "gumbel_rao",
     "gumbel_softmax",
     "pathwise",
+    "rebar",
     "reinforce",
     "reinmax",
+    "relax",
     "score_function",
     "select",
     "stochastic_ad",

@@ -1,0 +1,390 @@
+r"""REBAR and RELAX: control variates from the continuous relaxation of Bernoulli sites.
+
+For a Bernoulli site with logits ``alpha`` (``p = sigmoid(alpha)``) and uniforms ``u, v``:
+
+* ``z = alpha + log u - log(1 - u)`` (logistic reparameterization) and ``b = H(z) =
+  1[z > 0]``, so ``b ~ Bernoulli(p)`` and ``z ~ p(z)``;
+* ``z~ ~ p(z | b)`` by conditional reparameterization: ``u' = (1 - p) + v p`` if ``b = 1``,
+  ``u' = v (1 - p)`` if ``b = 0``, and ``z~ = alpha + log u' - log(1 - u')`` (the uniform
+  ``u`` given ``b`` is uniform on ``(1 - p, 1)`` resp. ``(0, 1 - p)``); ``z~`` is
+  differentiated with ``b`` held fixed;
+* ``sigma_lambda(z) = sigmoid(z / lambda)``, the Concrete relaxation at temperature
+  ``lambda``.
+
+With several Bernoulli sites ``z``, ``z~`` and ``b`` are the concatenation of all sites'
+elements (the multivariate form used for VAEs). With a control variate ``c(z)``
+differentiable in ``z`` the per-sample estimate (Grathwohl et al., 2018, eq. 6) is::
+
+    g = [f(b) - c(z~)] grad log p(b) + grad_theta f(b) + grad c(z) - grad c(z~)
+
+where ``grad_theta f(b)`` is the derivative through everything but ``b`` (direct dependence
+on ``theta``, reparameterized continuous sites), and ``grad c(z)``, ``grad c(z~)`` are the
+total derivatives through ``z(theta, u)`` and ``z~(theta, v, b)``. It is unbiased for every
+``c``: ``E[grad c(z)] = grad E[c(z)] = grad E_b[E[c(z~) | b]] = E[c(z~) grad log p(b) +
+grad c(z~)]``. REBAR (Tucker et al., 2017) takes ``c(z) = eta f(sigma_lambda(z))``, RELAX
+``c(z) = eta f(sigma_lambda(z)) + r_phi(z)`` with a user function ``r = surrogate(phi, z)``;
+both are unbiased for every ``eta``, ``lambda > 0`` and ``phi``.
+
+Learning the control variate. With ``learn=True`` (the default) ``(log lambda, eta)`` and,
+for RELAX, ``phi`` are *estimator state*: the transform takes ``estimator_state=`` (start
+from ``estimator.init()``) and returns ``(result, new_state)``. Since ``E[g]`` does not
+depend on them, ``grad Var(g) = grad E[sum_p g_p^2]``: each sample computes
+``jax.grad`` w.r.t. the state parameters of ``sum_p g_p^2`` (its own gradient estimate,
+differentiated through the program a second time), the transform averages these over the
+``N`` samples and :meth:`REBAR.update_state` applies one ``optax.adam(learning_rate)``
+step to them (the Adam state is part of the estimator state), all inside the same jitted
+call. The returned gradient is the one computed with the *old* state.
+
+Cost per sample: three program evaluations (``f(b)``, ``f(sigma_lambda(z))``,
+``f(sigma_lambda(z~))``) each with a backward pass (two pullbacks for the first); with
+``learn=True`` the whole estimate is differentiated once more w.r.t. the state (about
+twice to three times that). The program must accept relaxed values in ``[0, 1]`` at its
+Bernoulli sites (as under :func:`jaxestim.gumbel_softmax`). Continuous sites are
+reparameterized with the same noise in all three runs; other discrete sites, Categorical
+sites, masks at Bernoulli sites, Bernoulli sites inside ``je.scan`` / ``je.cond`` and
+Bernoulli logits that depend on another Bernoulli site's value raise
+:class:`jaxestim.EstimatorError` at trace time.
+
+References: G. Tucker, A. Mnih, C. J. Maddison, D. Lawson, J. Sohl-Dickstein, "REBAR:
+Low-variance, unbiased gradient estimates for discrete latent variable models", NeurIPS
+2017; W. Grathwohl, D. Choi, Y. Wu, G. Roeder, D. Duvenaud, "Backpropagation through the
+Void: Optimizing control variates for black-box gradient estimation", ICLR 2018.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, ClassVar
+
+import jax
+import jax.numpy as jnp
+import optax
+from jax._src.interpreters import partial_eval as _pe
+
+from jaxestim._errors import EstimatorError
+from jaxestim._estimator import Estimator, site_error
+from jaxestim._handlers import Handler, mask_value
+from jaxestim._util import check_positive, fold_in_str, pytree_dataclass, static_field
+from jaxestim.distributions import Bernoulli
+
+_ALTERNATIVES = "je.score_function(...) or je.stochastic_ad()"
+
+
+def _logistic(u: jax.Array) -> jax.Array:
+    return jnp.log(u) - jnp.log1p(-u)
+
+
+def conditional_z(alpha: jax.Array, b: jax.Array, v: jax.Array) -> jax.Array:
+    r"""``z~ ~ p(z | b)`` for ``z = alpha + log u - log(1 - u)``, from a uniform ``v``.
+
+    ``b = 1``: ``u' = (1 - p) + v p``, ``1 - u' = p (1 - v)``; ``b = 0``: ``u' = v (1 - p)``,
+    ``1 - u' = 1 - v (1 - p)``; ``z~ = alpha + log u' - log(1 - u')``, computed in log space
+    (``log p = log_sigmoid(alpha)``, ``log(1 - p) = log_sigmoid(-alpha)``). Differentiable in
+    ``alpha`` with ``b`` fixed.
+    """
+    log_p, log_q = jax.nn.log_sigmoid(alpha), jax.nn.log_sigmoid(-alpha)
+    q = jax.nn.sigmoid(-alpha)
+    z1 = alpha + jnp.log(q + v * (1.0 - q)) - log_p - jnp.log1p(-v)
+    z0 = alpha + jnp.log(v) + log_q - jnp.log1p(-v * q)
+    return jnp.where(b > 0, z1, z0)
+
+
+class _RelaxHandler(Handler):
+    """One run of the program for REBAR/RELAX.
+
+    ``mode``: ``"b"`` (Bernoulli sites return ``b = H(z)``, no derivative), ``"z"``
+    (``sigma_lambda(z)``), ``"zt"`` (``sigma_lambda(z~)``) or ``"probe"`` (the sites return
+    the given ``values``; used to check that no logits depend on a Bernoulli value). All
+    runs draw ``u`` (the site's coupling uniforms) and ``v`` from the site key, so the three
+    runs share their random numbers; continuous sites are reparameterized from the same key.
+    Records each site's logits, ``b`` and the relaxed variable (``z`` or ``z~``).
+    """
+
+    def __init__(self, name: str, mode: str, lam: Any = None, values: Any = None) -> None:
+        super().__init__()
+        self.name, self.mode, self.lam, self.values = name, mode, lam, values
+        self.logits: list[jax.Array] = []
+        self.bs: list[jax.Array] = []
+        self.zs: list[jax.Array] = []
+
+    def sample(self, key, dist, sample_shape, estimator, mask):
+        if estimator is not None:
+            raise EstimatorError(
+                f"je.{self.name}() is a whole-program estimator: sites take no per-site "
+                f"`estimator` override (got je.{estimator.name}())"
+            )
+        if not dist.is_discrete:
+            if not dist.is_reparameterized:
+                raise site_error(
+                    f"je.{self.name}()",
+                    dist,
+                    "it has no reparameterization",
+                    "je.score_function(...)",
+                )
+            return mask_value(dist.rsample(key, sample_shape), mask)
+        if not isinstance(dist, Bernoulli):
+            raise EstimatorError(
+                f"je.{self.name}() supports Bernoulli discrete sites only (the logistic "
+                f"relaxation), got a {type(dist).__name__} site. Use {_ALTERNATIVES} for "
+                f"this program."
+            )
+        if self._ancestors:
+            raise EstimatorError(
+                f"je.{self.name}(): Bernoulli sites inside je.scan / je.fori_loop / "
+                f"je.while_loop / je.cond / je.switch are not supported (their relaxed "
+                f"variables would have to leave the loop body). Use {_ALTERNATIVES}."
+            )
+        if mask is not None:
+            raise EstimatorError(
+                f"je.{self.name}(): `mask=` at Bernoulli sites is not supported. Use "
+                f"{_ALTERNATIVES}."
+            )
+        shape = tuple(sample_shape) + tuple(dist.batch_shape)
+        alpha = jnp.broadcast_to(dist.logits, shape)
+        self.logits.append(alpha)
+        if self.mode == "probe":
+            return self.values[len(self.logits) - 1]
+        u = dist.uniforms(key, sample_shape).astype(alpha.dtype)
+        z = alpha + _logistic(u)
+        b = jax.lax.stop_gradient((z > 0).astype(alpha.dtype))
+        self.bs.append(b)
+        if self.mode == "b":
+            self.zs.append(jax.lax.stop_gradient(z))
+            return b
+        if self.mode == "zt":
+            v = dist.uniforms(fold_in_str(key, "rebar"), sample_shape).astype(alpha.dtype)
+            z = conditional_z(alpha, b, v)
+        self.zs.append(z)
+        return jax.nn.sigmoid(z / self.lam.astype(alpha.dtype))
+
+    def log_prob(self) -> jax.Array:
+        """``log p(b)`` summed over all Bernoulli elements (differentiable in the logits)."""
+        total = jnp.zeros(())
+        for a, b in zip(self.logits, self.bs, strict=True):
+            lp = b * jax.nn.log_sigmoid(a) + (1.0 - b) * jax.nn.log_sigmoid(-a)
+            total = total + jnp.sum(lp)
+        return total
+
+    def zvec(self) -> jax.Array:
+        """All sites' relaxed variables, flattened and concatenated in site order."""
+        if not self.zs:
+            return jnp.zeros((0,))
+        return jnp.concatenate([jnp.ravel(z) for z in self.zs])
+
+
+@pytree_dataclass
+class REBAR(Estimator):
+    r"""REBAR (Tucker et al., 2017): ``c(z) = eta f(sigma_lambda(z))`` as control variate.
+
+    Per-sample estimate, for Bernoulli sites with logistic noise ``z`` and its conditional
+    ``z~ ~ p(z | b)`` (see :mod:`jaxestim.estimators.relax`)::
+
+        g = [f(b) - eta f(sigma_lambda(z~))] grad log p(b) + grad_theta f(b)
+            + eta grad f(sigma_lambda(z)) - eta grad f(sigma_lambda(z~)),
+
+    ``sigma_lambda(z) = sigmoid(z / lambda)``. Unbiased for every ``eta`` and
+    ``lambda > 0``; the variance is lowest near the optimal ``(eta, lambda)``, which
+    ``learn=True`` tunes online by one Adam step per call on ``E[sum_p g_p^2]`` (the
+    state, from :meth:`init`, holds ``log lambda``, ``eta`` and the Adam state; pass it as
+    ``estimator_state=`` and the transform returns ``(result, new_state)``).
+    Continuous sites: pathwise, same noise in the three runs. The program must accept
+    relaxed values in ``[0, 1]`` at Bernoulli sites. Cost per sample: three program
+    evaluations with backward passes (``f(b)``, ``f(sigma_lambda(z))``,
+    ``f(sigma_lambda(z~))``); with ``learn=True`` plus a second-order pass for the state
+    gradient.
+
+    Attributes:
+      temperature: ``lambda > 0`` (initial value when ``learn=True``).
+      eta: control-variate scale (initial value when ``learn=True``); ``eta = 0`` is the
+        plain score function.
+      learn: tune ``(log lambda, eta)`` as estimator state (default) or keep them fixed.
+      learning_rate: Adam step size for the state update.
+    """
+
+    temperature: Any = 0.5
+    eta: Any = 1.0
+    learn: bool = static_field(default=True)
+    learning_rate: float = static_field(default=1e-2)
+    site_level: ClassVar[bool] = False
+    name: ClassVar[str] = "rebar"
+
+    def __post_init__(self) -> None:
+        check_positive(f"{self.name}", "temperature", self.temperature)
+        check_positive(f"{self.name}", "learning_rate", self.learning_rate)
+
+    @property
+    def has_state(self) -> bool:
+        return self.learn
+
+    def fixed_params(self) -> dict:
+        """The control-variate parameters given to the constructor."""
+        return {
+            "log_temperature": jnp.log(jnp.asarray(self.temperature, jnp.result_type(float))),
+            "eta": jnp.asarray(self.eta, jnp.result_type(float)),
+        }
+
+    def _optimizer(self) -> optax.GradientTransformation:
+        return optax.adam(self.learning_rate)
+
+    def init(self) -> Any:
+        """``{"params": {"log_temperature", "eta"[, "phi"]}, "opt_state": Adam state}``."""
+        if not self.learn:
+            return None
+        params = self.fixed_params()
+        return {"params": params, "opt_state": self._optimizer().init(params)}
+
+    def update_state(self, state: Any, grad: Any) -> Any:
+        """One Adam step on the state parameters given the mean gradient of ``sum g^2``."""
+        updates, opt_state = self._optimizer().update(grad, state["opt_state"], state["params"])
+        return {"params": optax.apply_updates(state["params"], updates), "opt_state": opt_state}
+
+    def residual(self, params: dict, z: jax.Array) -> jax.Array:
+        """The learned part ``r_phi(z)`` of the control variate (none for REBAR)."""
+        return jnp.zeros((), z.dtype)
+
+    def _check_independent(self, call: Callable, key: jax.Array, theta: jax.Array) -> None:
+        """Trace-time check that no Bernoulli logits depend on a Bernoulli site's value."""
+        probe = _RelaxHandler(self.name, "b", lam=jnp.ones(()))
+        with probe:  # the sites' shapes (abstract evaluation)
+            jax.eval_shape(lambda: call(key, theta))
+
+        def run(values):
+            h = _RelaxHandler(self.name, "probe", values=values)
+            with h:
+                call(key, theta)
+            return h.logits
+
+        if len(probe.logits) < 2:
+            return
+        values = [jnp.zeros(a.shape, a.dtype) for a in probe.logits]
+        closed = jax.make_jaxpr(run)(values)
+        if not closed.jaxpr.outvars:
+            return
+        _, used = _pe.dce_jaxpr(closed.jaxpr, [True] * len(closed.jaxpr.outvars))
+        if any(used):
+            raise EstimatorError(
+                f"je.{self.name}(): the logits of a Bernoulli site depend on the value of "
+                f"another Bernoulli site (a sequential / multi-layer model). This "
+                f"implementation relaxes sites whose logits do not depend on other Bernoulli "
+                f"values; use {_ALTERNATIVES}."
+            )
+
+    def per_sample(self, call, key, theta, state=None):
+        """``(value, gradient estimate, aux)``, plus with ``learn=True`` the gradient of
+        ``sum_p g_p^2`` w.r.t. the state parameters (averaged and applied by the transform
+        through :meth:`update_state`)."""
+        self._check_independent(call, key, theta)
+        params = state["params"] if self.learn else self.fixed_params()
+
+        def run(mode, th, lam):
+            h = _RelaxHandler(self.name, mode, lam)
+            with h:
+                f, aux = call(key, th)
+            return f, aux, h
+
+        def estimate(p):
+            lam = jnp.exp(p["log_temperature"])
+            eta = p["eta"]
+
+            def discrete(th):
+                f, aux, h = run("b", th, lam)
+                return (f, h.log_prob()), aux
+
+            (fb, logp), pull, aux = jax.vjp(discrete, theta, has_aux=True)
+            (g_f,) = pull((jnp.ones_like(fb), jnp.zeros_like(logp)))
+            (g_logp,) = pull((jnp.zeros_like(fb), jnp.ones_like(logp)))
+
+            def control(mode):
+                def c(th):
+                    f, _, h = run(mode, th, lam)
+                    return eta.astype(f.dtype) * f + self.residual(p, h.zvec()).astype(f.dtype)
+
+                return jax.value_and_grad(c)(theta)
+
+            _, g_cz = control("z")
+            c_zt, g_czt = control("zt")
+            g = (fb - c_zt) * g_logp + g_f + g_cz - g_czt
+            return g, (fb, aux)
+
+        if not self.learn:
+            g, (fb, aux) = estimate(params)
+            return fb, g, aux
+
+        def loss(p):
+            g, (fb, aux) = estimate(p)
+            return jnp.sum(g**2), (g, fb, aux)
+
+        (_, (g, fb, aux)), state_grad = jax.value_and_grad(loss, has_aux=True)(params)
+        g, fb = jax.lax.stop_gradient((g, fb))
+        return fb, g, aux, state_grad
+
+
+@pytree_dataclass
+class RELAX(REBAR):
+    r"""RELAX (Grathwohl et al., 2018): ``c(z) = eta f(sigma_lambda(z)) + r_phi(z)``.
+
+    The REBAR estimate (see :class:`REBAR`) with a learned control variate: ``surrogate(phi,
+    z)`` is a user function returning a scalar, differentiable in ``phi`` and ``z``, where
+    ``z`` is the flat concatenation (in site order) of every Bernoulli element's relaxed
+    variable (``z`` or ``z~``). Unbiased for every ``phi``, ``eta``, ``lambda``. With
+    ``learn=True`` (default) ``(log lambda, eta, phi)`` are estimator state trained by one
+    Adam step per call on ``E[sum_p g_p^2]``; start from :meth:`init`. Cost: as REBAR plus
+    the surrogate's evaluations.
+
+    Attributes:
+      surrogate: ``r(phi, z) -> scalar`` (static: a hashable callable).
+      phi: its initial parameters (any pytree of floating arrays).
+    """
+
+    surrogate: Callable[[Any, jax.Array], jax.Array] | None = static_field(default=None)
+    phi: Any = None
+    name: ClassVar[str] = "relax"
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.surrogate is not None and not callable(self.surrogate):
+            raise TypeError(
+                f"relax: `surrogate` must be a callable r(phi, z), got "
+                f"{type(self.surrogate).__name__}"
+            )
+
+    def fixed_params(self) -> dict:
+        params = super().fixed_params()
+        params["phi"] = self.phi
+        return params
+
+    def residual(self, params: dict, z: jax.Array) -> jax.Array:
+        if self.surrogate is None:
+            return jnp.zeros((), z.dtype)
+        r = jnp.asarray(self.surrogate(params["phi"], z))
+        if r.shape != ():
+            raise TypeError(f"relax: `surrogate(phi, z)` must return a scalar, got {r.shape}")
+        return r
+
+
+def rebar(
+    temperature: Any = 0.5, eta: Any = 1.0, *, learn: bool = True, learning_rate: float = 1e-2
+) -> REBAR:
+    """The REBAR estimator for Bernoulli sites (see :class:`REBAR`)."""
+    return REBAR(temperature=temperature, eta=eta, learn=learn, learning_rate=learning_rate)
+
+
+def relax(
+    surrogate: Callable[[Any, jax.Array], jax.Array],
+    phi: Any,
+    temperature: Any = 0.5,
+    eta: Any = 1.0,
+    *,
+    learn: bool = True,
+    learning_rate: float = 1e-2,
+) -> RELAX:
+    """The RELAX estimator with control variate ``eta f(sigma_lambda(z)) + surrogate(phi, z)``
+    (see :class:`RELAX`)."""
+    return RELAX(
+        temperature=temperature,
+        eta=eta,
+        learn=learn,
+        learning_rate=learning_rate,
+        surrogate=surrogate,
+        phi=phi,
+    )
