@@ -905,7 +905,8 @@ _COMMON_DOC = """
     Higher derivatives: the result may be differentiated again (``jax.grad``,
     ``jax.hessian``, ``jax.jacfwd``, ``jax.jvp``, also through ``jax.jit``) when the estimator
     is :func:`jaxestim.score_function` (a DiCE surrogate: unbiased derivatives of every
-    order, see ``_Run.combine``), :func:`jaxestim.pathwise` or :func:`jaxestim.auto` --
+    order, see ``_Run.combine``), :func:`jaxestim.pathwise`, :func:`jaxestim.enumeration`
+    (exact weights times DiCE) or :func:`jaxestim.auto` --
     including the value of :func:`value_and_grad`, whose derivative is the estimator's
     gradient. Estimates of :func:`jaxestim.straight_through`,
     :func:`jaxestim.gumbel_softmax` (at discrete sites, also as per-site overrides),

@@ -318,3 +318,19 @@ def test_unsupported_sites_raise():
 
     with pytest.raises(je.EstimatorError, match="whole-program"):
         je.grad(override, je.stochastic_ad(), num_samples=2)(KEY, 0.3)
+
+
+def test_program_traced_once_and_check():
+    calls = [0]
+
+    def prog(key, theta):
+        calls[0] += 1
+        return mixed_prog(key, theta)
+
+    th = jnp.array([0.4, -0.3])
+    for kind in (je.grad, je.grad_samples, je.value_and_grad):
+        for chunk in (None, 3):
+            calls[0] = 0
+            jax.jit(kind(prog, je.auto(), num_samples=8, chunk_size=chunk)).trace(KEY, th)
+            assert calls[0] == 1
+    assert "no problems" in str(je.check(mixed_prog, KEY, th))

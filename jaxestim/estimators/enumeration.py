@@ -191,7 +191,9 @@ class Enumeration(Estimator):
                 f"use {_OTHERS} for this site."
             )
         ctx.shared["enum_K"] = total
-        c = ctx.shared["enum_index"]  # the traced combination index (see _Run.program)
+        # the traced combination index (see _Run.program); handlers that only trace the
+        # program (je.check) set none: combination 0 stands for all
+        c = jnp.asarray(ctx.shared.get("enum_index", 0), jnp.int32)
         strides = jnp.asarray(before * size ** np.arange(elements, dtype=np.int64), jnp.int32)
         digits = ((c // strides) % size).reshape(shape)
         table = jnp.broadcast_to(_probability_table(dist, size), (*shape, size))
