@@ -334,3 +334,17 @@ def test_program_traced_once_and_check():
             jax.jit(kind(prog, je.auto(), num_samples=8, chunk_size=chunk)).trace(KEY, th)
             assert calls[0] == 1
     assert "no problems" in str(je.check(mixed_prog, KEY, th))
+
+
+def test_binomial_batch_with_different_counts():
+    # total_count (1, 3): values above an element's count get weight exactly 0
+    def prog(key, p):
+        k = je.sample(key, D.Binomial(np.array([1.0, 3.0]), probs=p))
+        return jnp.sum(k**2 * jnp.array([1.0, 2.0]))
+
+    v, g = je.value_and_grad(prog, je.enumeration(), num_samples=2)(KEY, 0.3)
+    # E k^2 = n p (1 - p) + n^2 p^2
+    np.testing.assert_allclose(v, 0.3 * 0.7 + 0.09 + 2 * (3 * 0.3 * 0.7 + 9 * 0.09), rtol=1e-5)
+    np.testing.assert_allclose(
+        g, (1 - 2 * 0.3 + 2 * 0.3) + 2 * (3 * (1 - 0.6) + 18 * 0.3), rtol=1e-5
+    )
