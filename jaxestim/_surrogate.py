@@ -44,6 +44,12 @@ def _is_site_baseline(b: Any) -> bool:
     return b is not None and not isinstance(b, str | MovingAverage)
 
 
+# je.enumeration(): the product of the enumerated sites' probabilities w_c of this run's
+# combination (multiplied, not added), and the per-combination objective values f_c that
+# _transforms._Run.program stores next to it (see _Run.combine)
+ENUM_W, ENUM_F = -6, -7
+
+
 def _nan_derivative_if(bad: jax.Array, x: jax.Array, dist: Distribution) -> jax.Array:
     """``x`` unchanged in value, with a NaN derivative in every parameter of ``dist`` if
     ``bad`` (``param * 0`` has derivative 0, ``param * nan`` NaN; no ``where`` trap)."""
@@ -172,6 +178,10 @@ class SurrogateHandler(Handler):
             self.groups.append(est)
             i = len(self.groups) - 1
         return i
+
+    def multiply_weight(self, p: jax.Array) -> None:
+        """Multiply an enumerated site's probability into this run's weight ``w_c``."""
+        self.logp[ENUM_W] = self.logp[ENUM_W] * p if ENUM_W in self.logp else p
 
     def _add(self, i: int, logp: jax.Array) -> None:
         self.logp[i] = self.logp[i] + logp if i in self.logp else logp

@@ -34,6 +34,8 @@ from jaxestim._surrogate import (
     BOUNDARY,
     COST_C,
     COST_S,
+    ENUM_F,
+    ENUM_W,
     INVALID,
     SITE_B,
     SurrogateHandler,
@@ -537,6 +539,22 @@ class _SiteProgram(NamedTuple):
     site_baselines: frozenset = frozenset()
 
 
+def _enumerated(call3: Callable, num: int, k: jax.Array, d: tuple):
+    """One sample of a program with je.enumeration() sites: all ``num`` combinations.
+
+    ``call3(k, d, c)`` runs the program with the enumerated sites forced to combination
+    ``c`` (decoded in mixed radix by the sites, see ``jaxestim.estimators.enumeration``);
+    every combination uses the same key ``k`` for the other sites (common random numbers).
+    Returns ``(F, logp, aux)``: ``F = sum_c w_c f_c`` (the sample's exact conditional
+    expectation over the enumerated sites: its value, and the ``f`` that leave-one-out
+    baselines of the other sites see), ``logp`` with a trailing combination axis on every
+    record plus ``logp[ENUM_F] = f_c``, and ``aux`` with a leading combination axis.
+    """
+    f, logp, aux = jax.vmap(lambda c: call3(k, d, c))(jnp.arange(num, dtype=jnp.int32))
+    logp = {**logp, ENUM_F: f}
+    return jnp.sum(logp[ENUM_W] * f), logp, aux
+
+
 class _Run:
     """One trace of a transform: the program, its estimator and its fixed arguments."""
 
@@ -586,13 +604,17 @@ class _Run:
         if self._program is None:
             shared = SurrogateHandler.new_shared(self.num_samples)
 
-            def one(k: jax.Array, d: tuple):
+            def one(k: jax.Array, d: tuple, c: jax.Array):
+                shared["enum_index"] = c  # je.enumeration(): the combination to run
                 h = SurrogateHandler(self.est, self.num_samples, shared)
                 with h:
                     f, aux = self.eval(k, d)
                 return f, h.logp, aux
 
-            call, (_, logp, _) = _trace_once(one, key, diff)
+            call3, (_, logp, _) = _trace_once(one, key, diff, jnp.zeros((), jnp.int32))
+            call = lambda k, d: call3(k, d, jnp.zeros((), jnp.int32))
+            if ENUM_W in logp:
+                call = functools.partial(_enumerated, call3, shared["enum_K"])
             if not shared.get("higher_order_ok", True):
                 self.higher_order_ok = False
             self._program = _SiteProgram(
@@ -609,7 +631,7 @@ class _Run:
         f, logp, aux = jax.vmap(lambda k: prog.call(k, diff))(keys)
         return f, logp, aux, prog.groups
 
-    def combine(self, f, logp, groups: list[ScoreFunction], total, state):
+    def combine(self, f, logp, groups: list[ScoreFunction], total, state, f_baseline=None):
         r"""Per-sample DiCE surrogate with baselines (Foerster et al., 2018; Mao et al., 2019).
 
         With ``box(L) = exp(L - stop_gradient(L))`` (value exactly 1), ``L = sum_g log p_g``
@@ -635,6 +657,12 @@ class _Run:
         = -E[b_g] grad^n integral p_g(x; theta) dx = -E[b_g] grad^n 1 = 0``:
         it changes no derivative in expectation, only the variance.
         """
+        if ENUM_W in logp:  # je.enumeration(): s = sum_c w_c s_c (see _enumerated); the
+            # other sites' baselines see the sample's enumerated value F = f
+            rest = {i: v for i, v in logp.items() if i not in (ENUM_W, ENUM_F)}
+            s_c = self.combine(logp[ENUM_F], rest, groups, total, state, f[..., None])
+            return jnp.sum(logp[ENUM_W] * s_c, -1)
+        fb = f if f_baseline is None else f_baseline
         costs = COST_S in logp
         if not groups and not costs:
             return f
@@ -649,7 +677,7 @@ class _Run:
         for i, g in enumerate(groups):
             if i in site_baselines:
                 continue
-            b = jax.lax.stop_gradient(g.baseline_value(f, total, self.num_samples, state))
+            b = jax.lax.stop_gradient(g.baseline_value(fb, total, self.num_samples, state))
             s = s + (1.0 - magic_box(logp[i])) * b
         return s
 
@@ -893,7 +921,8 @@ _COMMON_DOC = """
     Higher derivatives: the result may be differentiated again (``jax.grad``,
     ``jax.hessian``, ``jax.jacfwd``, ``jax.jvp``, also through ``jax.jit``) when the estimator
     is :func:`jaxestim.score_function` (a DiCE surrogate: unbiased derivatives of every
-    order, see ``_Run.combine``), :func:`jaxestim.pathwise` or :func:`jaxestim.auto` --
+    order, see ``_Run.combine``), :func:`jaxestim.pathwise`, :func:`jaxestim.enumeration`
+    (exact weights times DiCE) or :func:`jaxestim.auto` --
     including the value of :func:`value_and_grad`, whose derivative is the estimator's
     gradient. Estimates of :func:`jaxestim.straight_through`,
     :func:`jaxestim.gumbel_softmax` (at discrete sites, also as per-site overrides),

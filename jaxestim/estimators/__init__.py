@@ -7,7 +7,8 @@ Two kinds exist:
   ``je.sample(..., estimator=...)``:
   :mod:`~jaxestim.estimators.pathwise` (reparameterization),
   :mod:`~jaxestim.estimators.score_function` (REINFORCE with baselines),
-  :mod:`~jaxestim.estimators.relaxations` (Gumbel-softmax, straight-through) and
+  :mod:`~jaxestim.estimators.relaxations` (Gumbel-softmax, straight-through),
+  :mod:`~jaxestim.estimators.enumeration` (exact sums over small finite supports) and
   :mod:`~jaxestim.estimators.auto` (pathwise where possible, score function elsewhere).
 * *whole-program* estimators re-run the program (at perturbed parameters, or coupled
   alternatives of its discrete draws); they take no per-site overrides:
@@ -22,6 +23,7 @@ is re-exported from :mod:`jaxestim`.
 
 from jaxestim.estimators.arm import ARM, DisARM, arm, disarm
 from jaxestim.estimators.auto import Auto, auto
+from jaxestim.estimators.enumeration import Enumeration, enumeration
 from jaxestim.estimators.finite_difference import FiniteDifference, finite_difference
 from jaxestim.estimators.pathwise import Pathwise, pathwise
 from jaxestim.estimators.relax import REBAR, RELAX, rebar, relax
@@ -50,6 +52,7 @@ __all__ = [
     "RELAX",
     "Auto",
     "DisARM",
+    "Enumeration",
     "FiniteDifference",
     "GumbelRao",
     "GumbelSoftmax",
@@ -62,6 +65,7 @@ __all__ = [
     "arm",
     "auto",
     "disarm",
+    "enumeration",
     "finite_difference",
     "gumbel_rao",
     "gumbel_softmax",
