@@ -79,6 +79,14 @@ class SurrogateHandler(Handler):
         self.shared = self.new_shared(num_samples) if shared is None else shared
         self.logp: dict[int, jax.Array] = {}
         self._mask: jax.Array | None = None
+        # je.enumeration() in loop bodies: the traced mixed-radix stride of this iteration's
+        # first enumerated value (None outside loops: the sites use shared["enum_K"]), the
+        # static number of combinations of this iteration's sites so far, the smallest
+        # max_combinations among them, and whether the handler runs a je.cond branch
+        self._enum_base: jax.Array | None = None
+        self._enum_m = 1
+        self._enum_budget: int | None = None
+        self._enum_branch = False
 
     @staticmethod
     def new_shared(num_samples: int) -> dict:
@@ -186,14 +194,64 @@ class SurrogateHandler(Handler):
     def _add(self, i: int, logp: jax.Array) -> None:
         self.logp[i] = self.logp[i] + logp if i in self.logp else logp
 
-    # loops: per-iteration log-probs are stacked and summed
+    def enum_budget_error(self, total: int, budget: int, what: str) -> EstimatorError:
+        return EstimatorError(
+            f"je.enumeration(): {what} makes K = {total} combinations of the enumerated "
+            f"sites' values, more than max_combinations={budget}; each costs one program "
+            f"evaluation per sample. Raise je.enumeration(max_combinations=...) or use "
+            f"je.score_function('leave_one_out') or je.stochastic_ad() (or je.auto(), the "
+            f"default) for these sites."
+        )
+
+    # loops: per-iteration log-probs are stacked and summed; the loop state is the mixed-
+    # radix stride of the iteration's first enumerated value (je.enumeration(): iteration
+    # t of a body with M combinations per iteration starts at stride K_before * M^t)
+    def loop_state(self):
+        base = self.shared.get("enum_K", 1) if self._enum_base is None else None
+        if base is None:
+            return self._enum_base * self._enum_m
+        return jnp.asarray(base, jnp.int32)
+
     def loop_child(self, state):
-        return SurrogateHandler(self.estimator, self.num_samples, self.shared)
+        child = SurrogateHandler(self.estimator, self.num_samples, self.shared)
+        child._enum_base = state
+        child._enum_branch = self._enum_branch
+        return child
 
     def loop_outputs(self):
-        return None, dict(self.logp)
+        state = None if self._enum_base is None else self._enum_base * self._enum_m
+        return state, dict(self.logp)
+
+    def _absorb_enum(self, child: SurrogateHandler, length: int) -> None:
+        """Take in the combinations of ``length`` iterations of a body whose enumerated
+        sites have ``child._enum_m`` combinations per iteration (static)."""
+        if child._enum_m == 1:
+            return
+        m = child._enum_m**length
+        budget = child._enum_budget
+        if self._enum_base is not None:
+            budget = budget if self._enum_budget is None else min(budget, self._enum_budget)
+            self._enum_budget = budget
+        before = self.shared.get("enum_K", 1) * self._enum_m
+        total = before * m
+        if total > budget:
+            raise self.enum_budget_error(
+                total,
+                budget,
+                f"a je.scan / je.fori_loop of {length} iterations whose body enumerates "
+                f"{child._enum_m} combinations per iteration ({child._enum_m}^{length} in "
+                f"all, K = {before} before the loop)",
+            )
+        if self._enum_base is None:
+            self.shared["enum_K"] = total
+        else:
+            self._enum_m *= m
 
     def absorb_loop(self, state, stacked, child, length):
+        self._absorb_enum(child, length)
+        stacked = dict(stacked)
+        if ENUM_W in stacked:  # the enumerated weights of the iterations multiply
+            self.multiply_weight(jnp.prod(stacked.pop(ENUM_W), axis=0))
         if COST_S in stacked:
             # iteration t's costs are weighed by the sites before the loop and those of
             # iterations < t: box(L_0 + sum_{t' < t} l_t') (box(a + b) = box(a) box(b))
@@ -207,7 +265,9 @@ class SurrogateHandler(Handler):
 
     # branches: the union of the groups any branch records, 0 where a branch records none
     def branch_child(self, state, index, layout):
-        return self.loop_child(state)
+        child = self.loop_child(state)
+        child._enum_branch = True
+        return child
 
     def branch_layout(self, children):
         layout: dict[int, Any] = {}

@@ -293,15 +293,26 @@ def test_unsupported_sites_raise():
     with pytest.raises(je.EstimatorError, match="score_function"):
         je.grad(poisson, je.enumeration())(KEY, 1.0)
 
-    def looped(key, p):
-        def step(c, k):
-            return c + je.sample(k, D.Bernoulli(probs=p), estimator=je.enumeration()), None
+    def in_while(key, p):
+        def body(c):
+            k, n, s = c
+            k, sub = jax.random.split(k)
+            x = je.sample(sub, D.Bernoulli(probs=p), estimator=je.enumeration())
+            return k, n + 1, s + x
 
-        return je.scan(step, 0.0, jax.random.split(key, 3))[0]
+        return je.while_loop(lambda c: c[1] < 3, body, (key, 0, 0.0), max_iterations=5)[2]
+
+    def in_cond(key, p):
+        return je.cond(
+            p > 0,
+            lambda: je.sample(key, D.Bernoulli(probs=p), estimator=je.enumeration()),
+            lambda: 0.0,
+        )
 
     for run in (lambda f: f, jax.jit):
-        with pytest.raises(je.EstimatorError, match=r"je.scan.*je.stochastic_ad"):
-            run(je.grad(looped, je.score_function(), num_samples=2))(KEY, 0.3)
+        for prog in (in_while, in_cond):
+            with pytest.raises(je.EstimatorError, match=r"je.while_loop.*je.stochastic_ad"):
+                run(je.grad(prog, je.score_function(), num_samples=2))(KEY, 0.3)
 
     def in_lax_cond(key, p):
         return jax.lax.cond(
@@ -348,3 +359,168 @@ def test_binomial_batch_with_different_counts():
     np.testing.assert_allclose(
         g, (1 - 2 * 0.3 + 2 * 0.3) + 2 * (3 * (1 - 0.6) + 18 * 0.3), rtol=1e-5
     )
+
+
+# --- enumerated sites in je.scan / je.fori_loop bodies ------------------------------------
+
+T = 4
+W = np.array([1.0, -2.0, 0.5, 1.5])
+
+
+def scan_prog(key, theta, bulk=False, fori=False):
+    """T Bernoulli draws, step t with logit theta[t]; f = (sum_t W_t x_t)^2."""
+
+    def step(carry, k):
+        t, s = carry
+        x = je.sample(k, D.Bernoulli(logits=theta[t]), estimator=je.enumeration())
+        return (t + 1, s + jnp.asarray(W, jnp.float32)[t] * x), None
+
+    if fori:
+        (_, s) = je.fori_loop(0, T, lambda t, c: step(c, jax.random.fold_in(key, t))[0], (0, 0.0))
+    elif bulk:
+        (_, s), _ = je.scan(lambda c, _, k: step(c, k), (0, 0.0), None, length=T, key=key)
+    else:
+        (_, s), _ = je.scan(step, (0, 0.0), jax.random.split(key, T))
+    return s**2
+
+
+def scan_exact_grad(theta):
+    """d/dtheta_t sum_x prod_t p_t(x_t) f(x) = sum_x p(x) f(x) (x_t - sigmoid(theta_t))."""
+    theta = np.asarray(theta, np.float64)
+    p = sigmoid(theta)
+    g = np.zeros(T)
+    for xs in itertools.product((0.0, 1.0), repeat=T):
+        x = np.array(xs)
+        px = np.prod(np.where(x == 1, p, 1 - p))
+        g += px * (W @ x) ** 2 * (x - p)
+    return g
+
+
+def test_scan_bernoulli_zero_variance():
+    th = jnp.array([0.3, -0.5, 1.0, 0.2])
+    exact = scan_exact_grad(th)
+    for kw, run in (({}, jax.jit), ({}, None), ({"bulk": True}, jax.jit), ({"fori": True}, None)):
+        prog = lambda k, t, kw=kw: scan_prog(k, t, **kw)
+        est = je.grad_samples(prog, je.score_function(), num_samples=3)
+        gs = (est if run is None else run(est))(KEY, th)
+        assert_zero_variance(gs, exact)
+    # the whole-program estimator is je.enumeration() itself; chunked; K = 2^T combinations
+    (v, aux), g = je.value_and_grad(
+        lambda k, t: (scan_prog(k, t), 0.0), je.enumeration(), num_samples=2, has_aux=True
+    )(KEY, th)
+    assert aux.shape == (2, 2**T)
+    p = sigmoid(np.asarray(th, np.float64))
+    exact_v = sum(
+        np.prod(np.where(np.array(x) == 1, p, 1 - p)) * (W @ np.array(x)) ** 2
+        for x in itertools.product((0.0, 1.0), repeat=T)
+    )
+    np.testing.assert_allclose(v, exact_v, rtol=1e-5)
+    np.testing.assert_allclose(g, exact, rtol=2e-5, atol=2e-6)
+    gc = je.grad(scan_prog, je.enumeration(), num_samples=5, chunk_size=2)(KEY, th)
+    np.testing.assert_allclose(gc, exact, rtol=2e-5, atol=2e-6)
+
+
+def test_scan_zero_probability_step_exact():
+    # step 1 has p = 0 exactly: weight 0 with the exact derivative of its mass (no NaN)
+    def prog(key, p):
+        def step(s, kt):
+            k, t = kt
+            x = je.sample(k, D.Bernoulli(probs=p[t]), estimator=je.enumeration())
+            return s + jnp.asarray(W, jnp.float32)[t] * x, None
+
+        return je.scan(step, 0.0, (jax.random.split(key, T), jnp.arange(T)))[0] ** 2
+
+    p = np.array([0.3, 0.0, 0.6, 0.9])
+    g = np.zeros(T)  # d/dp_t sum_x prod p(x) f(x) = sum_x prod_{s != t} p_s(x_s) f (+/- 1)
+    for xs in itertools.product((0.0, 1.0), repeat=T):
+        x = np.array(xs)
+        px = np.where(x == 1, p, 1 - p)
+        for t in range(T):
+            g[t] += np.prod(np.delete(px, t)) * (W @ x) ** 2 * (1 if x[t] else -1)
+    gs = je.grad_samples(prog, je.auto(), num_samples=2)(KEY, jnp.asarray(p, jnp.float32))
+    assert np.all(np.isfinite(gs))
+    assert_zero_variance(gs, g)
+
+
+def test_scan_categorical_select_zero_variance():
+    logits = jnp.array([[0.3, -0.2, 0.5, 0.0], [1.0, 0.0, -1.0, 0.2], [0.0, 0.4, 0.1, -0.3]])
+
+    def prog(key, lg):
+        def step(s, kl):
+            k, row = kl
+            i = je.sample(k, D.Categorical(logits=row), estimator=je.enumeration())
+            return s + je.select(jnp.asarray(TABLE, jnp.float32), i), None
+
+        return jnp.sin(je.scan(step, 0.0, (jax.random.split(key, 3), lg))[0])
+
+    def exact(t):
+        p = np.exp(t) / np.exp(t).sum(-1, keepdims=True)
+        return sum(
+            p[0, a] * p[1, b] * p[2, c] * np.sin(TABLE[a] + TABLE[b] + TABLE[c])
+            for a, b, c in itertools.product(range(4), repeat=3)
+        )
+
+    ref = exact_grad(exact, logits)
+    for run in (lambda f: f, jax.jit):
+        gs = run(je.grad_samples(prog, je.auto(), num_samples=3))(KEY, logits)
+        assert_zero_variance(gs, ref)
+
+
+def test_scan_mixed_with_score_site_outside_and_nested_loops():
+    # z ~ Bernoulli(sigmoid(a)) by the score function before the loop; the loop's T = 3
+    # steps (two nested loops of 1 + 2 sites) are enumerated with logit b + z
+    def prog(key, th):
+        k0, k1 = jax.random.split(key)
+        z = je.sample(k0, D.Bernoulli(logits=th[0]), estimator=je.score_function("leave_one_out"))
+
+        def inner(s, k):
+            return s + je.sample(k, D.Bernoulli(logits=th[1] + z), estimator=je.enumeration()), None
+
+        def outer(s, k):
+            ka, kb = jax.random.split(k)
+            s = s + 2.0 * je.sample(ka, D.Bernoulli(logits=th[1] - z), estimator=je.enumeration())
+            return je.scan(inner, s, jax.random.split(kb, 2))[0], None
+
+        s = je.scan(outer, 0.0, jax.random.split(k1, 2))[0]
+        return (s - 2.0 * z) ** 2
+
+    def exact(t):
+        pz, total = sigmoid(t[0]), 0.0
+        for z in (0.0, 1.0):
+            q_in, q_out = sigmoid(t[1] + z), sigmoid(t[1] - z)
+            for xs in itertools.product((0.0, 1.0), repeat=6):
+                x = np.array(xs)  # outer draws at 0 and 3, inner draws at 1, 2, 4, 5
+                q = np.array([q_out, q_in, q_in, q_out, q_in, q_in])
+                w = np.prod(np.where(x == 1, q, 1 - q)) * (pz if z else 1 - pz)
+                s = 2 * x[0] + x[1] + x[2] + 2 * x[3] + x[4] + x[5]
+                total += w * (s - 2.0 * z) ** 2
+        return total
+
+    th = jnp.array([0.4, -0.3])
+    ref = exact_grad(exact, th)
+    gs = jax.jit(je.grad_samples(prog, je.auto(), num_samples=4000))(KEY, th)
+    assert_unbiased(gs, ref, se_max=0.1)  # measured SE (0.015, 0.066)
+
+
+def test_scan_budget_error():
+    def prog(key, theta, n):
+        def step(s, k):
+            return s + je.sample(k, D.Bernoulli(logits=theta), estimator=je.enumeration()), None
+
+        return je.scan(step, 0.0, jax.random.split(key, n))[0]
+
+    for run in (lambda f: f, jax.jit):
+        with pytest.raises(je.EstimatorError, match=r"11 iterations.*K = 2048 .*max_combin"):
+            run(je.grad(lambda k, t: prog(k, t, 11), je.auto(), num_samples=2))(KEY, 0.1)
+
+    # a site before the loop counts too: 4 * 2^9 = 2048
+    def before(key, theta):
+        k0, k1 = jax.random.split(key)
+        x = je.sample(k0, D.Categorical(logits=jnp.zeros(4)), estimator=je.enumeration())
+        return prog(k1, theta, 9) + x
+
+    with pytest.raises(je.EstimatorError, match=r"K = 2048"):
+        je.grad(before, je.auto(), num_samples=2)(KEY, 0.1)
+    s = sigmoid(0.1) * (1 - sigmoid(0.1))
+    g = je.grad(lambda k, t: prog(k, t, 10), je.auto(), num_samples=1)(KEY, 0.1)
+    np.testing.assert_allclose(g, 10 * s, rtol=1e-4)

@@ -16,7 +16,9 @@ forced to combination ``c``. Every combination uses the same key for the other s
 baseline of the other sites uses the other samples' ``F``. The mechanics (one trace of
 the program with the combination index as an input, decoded in mixed radix over the sites
 in program order; a ``jax.vmap`` over the ``K`` indices) are in ``jaxestim._transforms``
-(``_Run.program`` and ``_Run.combine``) and :mod:`jaxestim._surrogate`.
+(``_Run.program`` and ``_Run.combine``) and :mod:`jaxestim._surrogate` (which also carries
+the mixed-radix stride through ``je.scan`` / ``je.fori_loop`` bodies, whose iterations are
+distinct enumerated sites).
 """
 
 from __future__ import annotations
@@ -123,10 +125,19 @@ class Enumeration(Estimator):
     ``je.sample(key, dist, estimator=...)``). Use it per site
     (``je.sample(key, dist, estimator=je.enumeration())``) inside a transform whose
     estimator is site-level (``je.auto()``, ``je.score_function(...)``, ``je.pathwise()``,
-    relaxations), or as the transform's estimator when every site is finite. Not inside
-    ``je.scan`` / ``je.fori_loop`` / ``je.while_loop`` / ``je.cond`` bodies (each iteration
-    would multiply ``K`` by ``|S|``): :class:`EstimatorError` names
-    ``je.score_function`` / ``je.stochastic_ad`` for loops.
+    relaxations), or as the transform's estimator when every site is finite.
+
+    Loops: a site in a ``je.scan`` / ``je.fori_loop`` body (static trip count ``T``; the
+    body is traced once) is a distinct enumerated site per iteration: a body with ``M``
+    combinations per iteration contributes ``M^T`` (iteration ``t``'s digit of the
+    combination index ``c`` is ``(c // (K_before * M^t)) % M``; the loop carries the stride
+    ``K_before * M^t``), and ``w_c`` multiplies the iterations' probabilities (a product of
+    probabilities, so a zero-mass value keeps weight exactly 0). Nested loops compose (an
+    inner loop's ``M^T_in`` is part of the outer body's ``M``), ``je.scan(..., key=key)``
+    iteration keys work, and the total ``K`` is checked against ``max_combinations`` when
+    the loop has been traced. Sites in ``je.cond`` / ``je.switch`` branches and
+    ``je.while_loop`` bodies (unbounded trip count, run as branches) raise
+    :class:`EstimatorError` naming ``je.score_function`` / ``je.stochastic_ad``.
 
     Boundaries: a value of zero mass (``p = 0``, a zero-probability category) has weight 0
     with the exact derivative of its mass, so the gradient is exact there (no NaN, unlike
@@ -166,35 +177,48 @@ class Enumeration(Estimator):
             )
 
     def process_site(self, ctx, key, dist, sample_shape):
-        if ctx._ancestors:
+        if ctx._enum_branch:
             raise site_error(
                 "je.enumeration()",
                 dist,
-                "the site is inside a je.scan / je.fori_loop / je.while_loop / je.cond body, "
-                "where every iteration is another enumerated site (the number of combinations "
-                "grows as |S|^T); enumeration supports sites outside loops and branches only",
-                "je.score_function('leave_one_out') or je.stochastic_ad() for sites in loops",
+                "the site is inside a je.cond / je.switch branch or a je.while_loop body (run "
+                "as branches of an unbounded trip count), where the enumerated combinations "
+                "would depend on the branch taken; enumeration supports sites at the top "
+                "level and in je.scan / je.fori_loop bodies (static trip count)",
+                "je.score_function('leave_one_out') or je.stochastic_ad() for sites in "
+                "branches and while loops",
             )
         ctx.check_recording_site("a je.enumeration() sample site (it records its weights)")
         size = _support_size(dist)
         shape = tuple(sample_shape) + tuple(dist.batch_shape)
         elements = int(np.prod(shape, dtype=np.int64))
-        before = ctx.shared.get("enum_K", 1)
-        total = before * size**elements
+        per = size**elements
+        in_loop = ctx._enum_base is not None
+        before = ctx._enum_m if in_loop else ctx.shared.get("enum_K", 1)
+        # in a loop body: a lower bound on K (the loop's other iterations come on top; the
+        # full count is checked when the loop ends, see SurrogateHandler.absorb_loop)
+        total = before * per * (ctx.shared.get("enum_K", 1) if in_loop else 1)
         if total > self.max_combinations:
             raise EstimatorError(
                 f"je.enumeration(): enumerating this {type(dist).__name__} site ({elements} "
                 f"element(s), {size} value(s) each) makes K = {total} combinations of the "
-                f"enumerated sites' values (K = {before} before it), more than "
+                f"enumerated sites' values (K = {total // per} before it), more than "
                 f"max_combinations={self.max_combinations}; each costs one program "
                 f"evaluation per sample. Raise je.enumeration(max_combinations=...) or "
                 f"use {_OTHERS} for this site."
             )
-        ctx.shared["enum_K"] = total
+        if in_loop:  # the iteration's stride base (traced: it depends on the iteration)
+            ctx._enum_m = before * per
+            b = ctx._enum_budget
+            ctx._enum_budget = self.max_combinations if b is None else min(b, self.max_combinations)
+            base = ctx._enum_base * before
+        else:
+            ctx.shared["enum_K"] = total
+            base = before
         # the traced combination index (see _Run.program); handlers that only trace the
         # program (je.check) set none: combination 0 stands for all
         c = jnp.asarray(ctx.shared.get("enum_index", 0), jnp.int32)
-        strides = jnp.asarray(before * size ** np.arange(elements, dtype=np.int64), jnp.int32)
+        strides = base * jnp.asarray(size ** np.arange(elements, dtype=np.int64), jnp.int32)
         digits = ((c // strides) % size).reshape(shape)
         table = jnp.broadcast_to(_probability_table(dist, size), (*shape, size))
         p = jnp.take_along_axis(table, digits[..., None], -1)[..., 0]
