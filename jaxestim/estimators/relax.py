@@ -59,13 +59,15 @@ from typing import Any, ClassVar
 import jax
 import jax.numpy as jnp
 import optax
-from jax._src.interpreters import partial_eval as _pe
 
 from jaxestim._errors import EstimatorError
 from jaxestim._estimator import Estimator, site_error
-from jaxestim._handlers import Handler, mask_value
+from jaxestim._handlers import mask_value
 from jaxestim._util import check_positive, fold_in_str, pytree_dataclass, static_field
 from jaxestim.distributions import Bernoulli
+from jaxestim.distributions._base import RandomStream
+from jaxestim.estimators._records import FlatRecordHandler
+from jaxestim.estimators.arm import _depends_on_taint
 
 _ALTERNATIVES = "je.score_function(...) or je.stochastic_ad()"
 
@@ -89,23 +91,28 @@ def conditional_z(alpha: jax.Array, b: jax.Array, v: jax.Array) -> jax.Array:
     return jnp.where(b > 0, z1, z0)
 
 
-class _RelaxHandler(Handler):
+class _RelaxHandler(FlatRecordHandler):
     """One run of the program for REBAR/RELAX.
 
     ``mode``: ``"b"`` (Bernoulli sites return ``b = H(z)``, no derivative), ``"z"``
-    (``sigma_lambda(z)``), ``"zt"`` (``sigma_lambda(z~)``) or ``"probe"`` (the sites return
-    the given ``values``; used to check that no logits depend on a Bernoulli value). All
-    runs draw ``u`` (the site's coupling uniforms) and ``v`` from the site key, so the three
-    runs share their random numbers; continuous sites are reparameterized from the same key.
-    Records each site's logits, ``b`` and the relaxed variable (``z`` or ``z~``).
+    (``sigma_lambda(z)``) or ``"zt"`` (``sigma_lambda(z~)``). All runs draw ``u`` (the
+    site's coupling uniforms) and ``v`` from the site key, so the three runs share their
+    random numbers; continuous sites are reparameterized from the same key. Every Bernoulli
+    element records (flat, see :mod:`jaxestim.estimators._records`, so the records of
+    ``je.scan`` iterations and ``je.cond`` branches reach the top level) its logit ``a``,
+    ``b``, the relaxed variable ``z`` (``z`` or ``z~``; held fixed in mode ``"b"``) and
+    ``m`` (1; 0 in the slots of branches not taken). ``taint`` (a scalar 0, or None) is
+    added to every Bernoulli value for the trace-time dependence analysis.
     """
 
-    def __init__(self, name: str, mode: str, lam: Any = None, values: Any = None) -> None:
-        super().__init__()
-        self.name, self.mode, self.lam, self.values = name, mode, lam, values
-        self.logits: list[jax.Array] = []
-        self.bs: list[jax.Array] = []
-        self.zs: list[jax.Array] = []
+    fields = ("a", "b", "z", "m")
+
+    def __init__(self, name: str, mode: str, lam: Any = None, taint: Any = None) -> None:
+        super().__init__(jnp.result_type(float))
+        self.name, self.mode, self.lam, self.taint = name, mode, lam, taint
+
+    def _new(self) -> _RelaxHandler:
+        return _RelaxHandler(self.name, self.mode, self.lam, self.taint)
 
     def sample(self, key, dist, sample_shape, estimator, mask):
         if estimator is not None:
@@ -128,48 +135,52 @@ class _RelaxHandler(Handler):
                 f"relaxation), got a {type(dist).__name__} site. Use {_ALTERNATIVES} for "
                 f"this program."
             )
-        if self._ancestors:
-            raise EstimatorError(
-                f"je.{self.name}(): Bernoulli sites inside je.scan / je.fori_loop / "
-                f"je.while_loop / je.cond / je.switch are not supported (their relaxed "
-                f"variables would have to leave the loop body). Use {_ALTERNATIVES}."
-            )
+        self.check_recording_site(f"a Bernoulli sample site under je.{self.name}()")
         if mask is not None:
             raise EstimatorError(
                 f"je.{self.name}(): `mask=` at Bernoulli sites is not supported. Use "
                 f"{_ALTERNATIVES}."
             )
         shape = tuple(sample_shape) + tuple(dist.batch_shape)
-        alpha = jnp.broadcast_to(dist.logits, shape)
-        self.logits.append(alpha)
-        if self.mode == "probe":
-            return self.values[len(self.logits) - 1]
-        u = dist.uniforms(key, sample_shape).astype(alpha.dtype)
+        alpha = jnp.broadcast_to(dist.logits, shape).astype(self.dtype)
+        u = dist.uniforms(key, sample_shape).astype(self.dtype)
+        # v is drawn in every mode so that all runs take the same random words (under
+        # je.scan(..., key=) the words are laid out by what each site draws): u first, then
+        # v (the next words of a bulk stream, or a key folded from the site key)
+        kv = key if isinstance(key, RandomStream) else fold_in_str(key, "rebar")
+        v = dist.uniforms(kv, sample_shape).astype(self.dtype)
         z = alpha + _logistic(u)
-        b = jax.lax.stop_gradient((z > 0).astype(alpha.dtype))
-        self.bs.append(b)
+        b = jax.lax.stop_gradient((z > 0).astype(self.dtype))
         if self.mode == "b":
-            self.zs.append(jax.lax.stop_gradient(z))
-            return b
-        if self.mode == "zt":
-            v = dist.uniforms(fold_in_str(key, "rebar"), sample_shape).astype(alpha.dtype)
-            z = conditional_z(alpha, b, v)
-        self.zs.append(z)
-        return jax.nn.sigmoid(z / self.lam.astype(alpha.dtype))
+            z, value = jax.lax.stop_gradient(z), b
+            if self.taint is not None:
+                value = value + self.taint.astype(value.dtype)
+        else:
+            if self.mode == "zt":
+                z = conditional_z(alpha, b, v)
+            value = jax.nn.sigmoid(z / self.lam.astype(self.dtype))
+        self.records.append(
+            {
+                "a": jnp.ravel(alpha),
+                "b": jnp.ravel(b),
+                "z": jnp.ravel(z),
+                "m": jnp.ones((b.size,), self.dtype),
+            }
+        )
+        return value
 
     def log_prob(self) -> jax.Array:
-        """``log p(b)`` summed over all Bernoulli elements (differentiable in the logits)."""
-        total = jnp.zeros(())
-        for a, b in zip(self.logits, self.bs, strict=True):
-            lp = b * jax.nn.log_sigmoid(a) + (1.0 - b) * jax.nn.log_sigmoid(-a)
-            total = total + jnp.sum(lp)
-        return total
+        """``log p(b)`` summed over all Bernoulli elements that ran (differentiable in the
+        logits)."""
+        r = self.collect()
+        a, b = r["a"], r["b"]
+        lp = b * jax.nn.log_sigmoid(a) + (1.0 - b) * jax.nn.log_sigmoid(-a)
+        return jnp.sum(r["m"] * lp)
 
     def zvec(self) -> jax.Array:
-        """All sites' relaxed variables, flattened and concatenated in site order."""
-        if not self.zs:
-            return jnp.zeros((0,))
-        return jnp.concatenate([jnp.ravel(z) for z in self.zs])
+        """All elements' relaxed variables, flat in site order (loop iterations
+        iteration-major; 0 in the slots of branches not taken)."""
+        return self.collect()["z"]
 
 
 @pytree_dataclass
@@ -243,30 +254,33 @@ class REBAR(Estimator):
         return jnp.zeros((), z.dtype)
 
     def _check_independent(self, call: Callable, key: jax.Array, theta: jax.Array) -> None:
-        """Trace-time check that no Bernoulli logits depend on a Bernoulli site's value."""
-        probe = _RelaxHandler(self.name, "b", lam=jnp.ones(()))
-        with probe:  # the sites' shapes (abstract evaluation)
-            jax.eval_shape(lambda: call(key, theta))
+        """Trace-time check that no Bernoulli logits depend on a Bernoulli site's value.
 
-        def run(values):
-            h = _RelaxHandler(self.name, "probe", values=values)
+        The ``"b"`` run is traced with a taint (a scalar 0) added to every Bernoulli value;
+        the forward dependence analysis of :mod:`jaxestim.estimators.arm` (partial
+        evaluation, following je.scan carries to a fixed point and je.cond predicates)
+        tells whether the recorded logits, or which Bernoulli elements ran, depend on it.
+        """
+        dtype = jnp.result_type(float)
+
+        def prog(k, th, taint):
+            h = _RelaxHandler(self.name, "b", taint=taint)
             with h:
-                call(key, theta)
-            return h.logits
+                call(k, th)
+            rec = h.collect()
+            return rec["a"], rec["m"]
 
-        if len(probe.logits) < 2:
-            return
-        values = [jnp.zeros(a.shape, a.dtype) for a in probe.logits]
-        closed = jax.make_jaxpr(run)(values)
-        if not closed.jaxpr.outvars:
-            return
-        _, used = _pe.dce_jaxpr(closed.jaxpr, [True] * len(closed.jaxpr.outvars))
-        if any(used):
+        closed = jax.make_jaxpr(prog)(key, theta, jnp.zeros((), dtype))
+        if _depends_on_taint(closed, 2):
             raise EstimatorError(
                 f"je.{self.name}(): the logits of a Bernoulli site depend on the value of "
-                f"another Bernoulli site (a sequential / multi-layer model). This "
-                f"implementation relaxes sites whose logits do not depend on other Bernoulli "
-                f"values; use {_ALTERNATIVES}."
+                f"another Bernoulli site (a sequential / multi-layer model, directly or "
+                f"through a je.scan carry such as a random walk whose step probabilities "
+                f"depend on the position), or a je.cond / je.while_loop whose predicate "
+                f"depends on a Bernoulli value decides which Bernoulli sites run. This "
+                f"implementation relaxes sites that are independent given the parameters "
+                f"(e.g. a je.scan whose step probabilities do not depend on earlier draws); "
+                f"here it would be biased. Use {_ALTERNATIVES}."
             )
 
     def per_sample(self, call, key, theta, state=None):
