@@ -12,7 +12,11 @@ For a Bernoulli site with logits ``alpha`` (``p = sigmoid(alpha)``) and uniforms
   ``lambda``.
 
 With several Bernoulli sites ``z``, ``z~`` and ``b`` are the concatenation of all sites'
-elements (the multivariate form used for VAEs). With a control variate ``c(z)``
+elements (the multivariate form used for VAEs), including every iteration's elements of
+Bernoulli sites in ``je.scan`` / ``je.fori_loop`` / ``je.while_loop`` bodies (recorded per
+iteration, stacked by the loop, flattened iteration-major) and the elements of the branch
+of a ``je.cond`` / ``je.switch`` that ran (the other branches' slots are 0 and contribute
+no ``log p(b)`` term). With a control variate ``c(z)``
 differentiable in ``z`` the per-sample estimate (Grathwohl et al., 2018, eq. 6) is::
 
     g = [f(b) - c(z~)] grad log p(b) + grad_theta f(b) + grad c(z) - grad c(z~)
@@ -39,11 +43,19 @@ Cost per sample: three program evaluations (``f(b)``, ``f(sigma_lambda(z))``,
 ``f(sigma_lambda(z~))``) each with a backward pass (two pullbacks for the first); with
 ``learn=True`` the whole estimate is differentiated once more w.r.t. the state (about
 twice to three times that). The program must accept relaxed values in ``[0, 1]`` at its
-Bernoulli sites (as under :func:`jaxestim.gumbel_softmax`). Continuous sites are
-reparameterized with the same noise in all three runs; other discrete sites, Categorical
-sites, masks at Bernoulli sites, Bernoulli sites inside ``je.scan`` / ``je.cond`` and
-Bernoulli logits that depend on another Bernoulli site's value raise
-:class:`jaxestim.EstimatorError` at trace time.
+Bernoulli sites (as under :func:`jaxestim.gumbel_softmax`) and be a continuous function of
+them (``c`` must be differentiable: branching on a Bernoulli value, e.g. ``je.cond(b >
+0.5, ...)`` or ``jnp.where(b > 0.5, ...)``, makes the relaxed runs jump and the estimate
+biased; write such programs arithmetically, ``b * x + (1 - b) * y``). Continuous sites are
+reparameterized with the same noise in all three runs (also under ``je.scan(...,
+key=)``: every run draws ``u`` and ``v`` at every site, so the bulk words are laid out
+alike). Other discrete sites, Categorical sites, masks at Bernoulli sites, and programs
+whose Bernoulli logits depend on another Bernoulli site's value (directly or through a
+loop carry, e.g. a random walk whose step probabilities depend on the position) or in
+which a Bernoulli value decides through a ``je.cond`` / ``je.while_loop`` predicate which
+Bernoulli sites run raise :class:`jaxestim.EstimatorError` at trace time (the same forward
+dependence analysis as :mod:`jaxestim.estimators.arm`). A ``je.scan`` whose step
+probabilities do not depend on earlier draws is supported.
 
 References: G. Tucker, A. Mnih, C. J. Maddison, D. Lawson, J. Sohl-Dickstein, "REBAR:
 Low-variance, unbiased gradient estimates for discrete latent variable models", NeurIPS
@@ -199,7 +211,10 @@ class REBAR(Estimator):
     state, from :meth:`init`, holds ``log lambda``, ``eta`` and the Adam state; pass it as
     ``estimator_state=`` and the transform returns ``(result, new_state)``).
     Continuous sites: pathwise, same noise in the three runs. The program must accept
-    relaxed values in ``[0, 1]`` at Bernoulli sites. Cost per sample: three program
+    relaxed values in ``[0, 1]`` at Bernoulli sites (and be continuous in them). Bernoulli
+    sites may sit in ``je.scan`` / ``je.fori_loop`` / ``je.while_loop`` bodies and
+    ``je.cond`` / ``je.switch`` branches as long as no Bernoulli logits depend on another
+    Bernoulli value (checked at trace time, through loop carries). Cost per sample: three program
     evaluations with backward passes (``f(b)``, ``f(sigma_lambda(z))``,
     ``f(sigma_lambda(z~))``); with ``learn=True`` plus a second-order pass for the state
     gradient.
@@ -339,8 +354,9 @@ class RELAX(REBAR):
 
     The REBAR estimate (see :class:`REBAR`) with a learned control variate: ``surrogate(phi,
     z)`` is a user function returning a scalar, differentiable in ``phi`` and ``z``, where
-    ``z`` is the flat concatenation (in site order) of every Bernoulli element's relaxed
-    variable (``z`` or ``z~``). Unbiased for every ``phi``, ``eta``, ``lambda``. With
+    ``z`` is the flat concatenation (in site order; loop iterations iteration-major,
+    branches not taken as zeros) of every Bernoulli element's relaxed variable (``z`` or
+    ``z~``). Unbiased for every ``phi``, ``eta``, ``lambda``. With
     ``learn=True`` (default) ``(log lambda, eta, phi)`` are estimator state trained by one
     Adam step per call on ``E[sum_p g_p^2]``; start from :meth:`init`. Cost: as REBAR plus
     the surrogate's evaluations.
