@@ -230,11 +230,29 @@ def sequential(key, logits):
     return b1 + b2
 
 
-def looped(key, logits):
-    def body(c, k):
-        return c + jnp.sum(je.sample(k, D.Bernoulli(logits=logits))), None
+def walk(key, logits):
+    # step probabilities depend on the position: a sequential model through the carry
+    def body(pos, k):
+        b = je.sample(k, D.Bernoulli(logits=logits[0] - 0.5 * pos))
+        return pos + 2.0 * b - 1.0, None
 
-    return je.scan(body, 0.0, jax.random.split(key, 3))[0]
+    return je.scan(body, 0.0, jax.random.split(key, 4))[0]
+
+
+def walk_bulk(key, logits):
+    def body(pos, _, k):
+        b = je.sample(k, D.Bernoulli(logits=logits[1] + 0.1 * pos))
+        return pos + b, None
+
+    return je.scan(body, 0.0, None, length=4, key=key)[0] ** 2
+
+
+def cond_on_draw(key, logits):
+    # which Bernoulli site runs depends on an earlier Bernoulli draw
+    k1, k2 = jax.random.split(key)
+    b = je.sample(k1, D.Bernoulli(logits=logits[0]))
+    one = lambda: je.sample(k2, D.Bernoulli(logits=logits[1]))
+    return b + je.cond(b > 0.5, one, lambda: jnp.asarray(0.0))
 
 
 @pytest.mark.parametrize(
@@ -244,7 +262,9 @@ def looped(key, logits):
         (override, "override"),
         (poisson, "stochastic_ad"),
         (sequential, "depend on the value of another Bernoulli"),
-        (looped, "je.scan"),
+        (walk, "through a je.scan carry"),
+        (walk_bulk, "through a je.scan carry"),
+        (cond_on_draw, "predicate depends on a Bernoulli value"),
     ],
 )
 @pytest.mark.parametrize("jit", [False, True])
@@ -269,3 +289,85 @@ def test_higher_order_raises_and_state_required():
         je.grad(toy, je.rebar(), num_samples=4)(KEY, th)
     with pytest.raises(ValueError, match="temperature"):
         je.rebar(0.0)
+
+
+# a je.scan of T independent Bernoulli draws, logits theta_t, nonlinear f of the draws
+T = 6
+W = np.array([1.0, -0.5, 0.8, 0.3, -1.2, 0.6])
+TH6 = jnp.array([0.3, -0.5, 1.0, 0.0, -1.2, 0.7])
+
+
+def _scan_f(s):
+    return (s[0] - 0.4) ** 2 + s[1]
+
+
+def _scan_step(carry, logit, w, k):
+    s, prev = carry
+    b = je.sample(k, D.Bernoulli(logits=logit))
+    s = s + jnp.stack([w * b, 0.5 * b * prev])  # pairwise interaction with the last draw
+    return (s, b), None
+
+
+def scan_keys(key, theta):
+    body = lambda c, x: _scan_step(c, x[1], x[2], x[0])
+    xs = (jax.random.split(key, T), theta, jnp.asarray(W, jnp.float32))
+    (s, _), _ = je.scan(body, (jnp.zeros(2), 0.0), xs)
+    return _scan_f(s)
+
+
+def scan_bulk(key, theta):
+    # the same T draws as T/2 iterations of two sites each, from bulk words: the runs of
+    # the estimator must lay the words out identically (the second site's u)
+    def body(c, x, k):
+        k1, k2 = k.split(2)
+        c, _ = _scan_step(c, x[0][0], x[1][0], k1)
+        return _scan_step(c, x[0][1], x[1][1], k2)
+
+    xs = (theta.reshape(T // 2, 2), jnp.asarray(W, jnp.float32).reshape(T // 2, 2))
+    (s, _), _ = je.scan(body, (jnp.zeros(2), 0.0), xs, key=key)
+    return _scan_f(s)
+
+
+def scan_exact(theta):
+    """d/dtheta E[f] by enumerating the 2^T outcomes in float64 (score identity)."""
+    p = 1.0 / (1.0 + np.exp(-np.asarray(theta, np.float64)))
+    grad = np.zeros(T)
+    for bits in itertools.product([0.0, 1.0], repeat=T):
+        b = np.array(bits)
+        prob = np.prod(np.where(b > 0, p, 1.0 - p))
+        s0 = np.sum(W * b)
+        s1 = 0.5 * np.sum(b[1:] * b[:-1])
+        grad += prob * (b - p) * ((s0 - 0.4) ** 2 + s1)
+    return grad
+
+
+@pytest.mark.parametrize("prog", [scan_keys, scan_bulk])
+def test_scan_unbiased(prog):
+    exact = scan_exact(TH6)
+    surrogate = lambda phi, z: jnp.dot(phi, z)  # z: every iteration's element (T of them)
+    for est in (
+        je.rebar(0.5, 0.9, learn=False),
+        je.relax(surrogate, 0.1 * jnp.arange(T, dtype=jnp.float32), 0.5, 0.9, learn=False),
+    ):
+        gs = jax.jit(je.grad_samples(prog, est, num_samples=N))(KEY, TH6)
+        assert_unbiased(gs, exact, se_max=0.012)
+
+
+def branches(key, theta):
+    # the predicate comes from a continuous site (x ~ N(0, 1), P(x > 0) = 1/2); the two
+    # branches hold Bernoulli sites of different sizes
+    k0, k1, k2 = jax.random.split(key, 3)
+    x = je.sample(k0, D.Normal(0.0, 1.0))
+    three = lambda: toy(k1, theta)
+    one = lambda: 2.0 * je.sample(k2, D.Bernoulli(logits=theta[0]))
+    return je.cond(x > 0, three, one)
+
+
+def test_cond_unbiased():
+    th = jnp.array([0.4, -0.3, 0.2])
+    p0 = 1.0 / (1.0 + np.exp(-0.4))
+    exact = 0.5 * toy_exact(th) + 0.5 * np.array([2.0 * p0 * (1 - p0), 0.0, 0.0])
+    # RELAX only (REBAR runs the same handler): z has 4 slots, 3 + 1 for the two branches
+    est = je.relax(linear_surrogate, {"w": jnp.full(4, 0.1), "c": 0.0}, 0.5, 0.8, learn=False)
+    gs = jax.jit(je.grad_samples(branches, est, num_samples=N))(KEY, th)
+    assert_unbiased(gs, exact, se_max=0.006)

@@ -72,9 +72,10 @@ from jax.extend.core import ClosedJaxpr, jaxpr_as_fun
 
 from jaxestim._errors import EstimatorError
 from jaxestim._estimator import Estimator
-from jaxestim._handlers import Handler, mask_value
+from jaxestim._handlers import mask_value
 from jaxestim._util import pytree_dataclass
 from jaxestim.distributions import Bernoulli
+from jaxestim.estimators._records import FlatRecordHandler
 
 # per Bernoulli element: logit, first-run value, antithetic value, uniform, mask (0/1);
 # per boundary parameter: the parameter (differentiable where on a boundary), at-boundary
@@ -92,7 +93,7 @@ def _flat(x: jax.Array, dtype: Any) -> jax.Array:
     return jnp.reshape(x, (-1,)).astype(dtype)
 
 
-class _PairHandler(Handler):
+class _PairHandler(FlatRecordHandler):
     """One run of the antithetic pair.
 
     Bernoulli sites return ``b = icdf(u)`` (first run) or ``b~ = 1[u < p]`` (``flip``,
@@ -102,13 +103,11 @@ class _PairHandler(Handler):
     Bernoulli sample in the traced first run for the dependence analysis.
     """
 
-    recording = True
+    fields = _FIELDS
 
     def __init__(self, name: str, flip: bool, dtype: Any, taint: Any = None) -> None:
-        super().__init__()
-        self.name, self.flip, self.dtype, self.taint = name, flip, dtype, taint
-        self.records: list[dict[str, jax.Array]] = []
-        self.branch_index = 0
+        super().__init__(dtype)
+        self.name, self.flip, self.taint = name, flip, taint
 
     def _new(self) -> _PairHandler:
         return _PairHandler(self.name, self.flip, self.dtype, self.taint)
@@ -158,50 +157,6 @@ class _PairHandler(Handler):
             rec["at"] = at.astype(self.dtype)
         self.records.append(rec)
         return value
-
-    def collect(self) -> dict[str, jax.Array]:
-        """Every record of this run, each field concatenated over sites (flat)."""
-        return {
-            f: jnp.concatenate([jnp.zeros((0,), self.dtype)] + [r[f] for r in self.records])
-            for f in _FIELDS
-        }
-
-    # loops: each iteration's records leave as stacked scan outputs
-    def loop_child(self, state):
-        return self._new()
-
-    def loop_outputs(self):
-        return None, self.collect()
-
-    def absorb_loop(self, state, stacked, child, length):
-        self.records.append({f: jnp.reshape(v, (-1,)) for f, v in stacked.items()})
-
-    # branches: every branch has its own slot of the common layout (zeros when not taken:
-    # mask 0, so no term)
-    def branch_child(self, state, index, layout):
-        child = self._new()
-        child.branch_index = index
-        return child
-
-    def branch_layout(self, children):
-        return {f: [int(c.probe_shapes[f].shape[0]) for c in children] for f in _FIELDS}
-
-    def branch_outputs(self, layout):
-        mine = self.collect()
-        out = {}
-        for f in _FIELDS:
-            sizes = layout[f]
-            start = sum(sizes[: self.branch_index])
-            parts = [
-                jnp.zeros((start,), self.dtype),
-                mine[f],
-                jnp.zeros((sum(sizes) - start - sizes[self.branch_index],), self.dtype),
-            ]
-            out[f] = jnp.concatenate(parts)
-        return None, out
-
-    def absorb_branches(self, state, records, layout):
-        self.records.append(records)
 
 
 def _depends_on_taint(closed: Any, num_checked: int) -> bool:

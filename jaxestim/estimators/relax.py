@@ -12,7 +12,11 @@ For a Bernoulli site with logits ``alpha`` (``p = sigmoid(alpha)``) and uniforms
   ``lambda``.
 
 With several Bernoulli sites ``z``, ``z~`` and ``b`` are the concatenation of all sites'
-elements (the multivariate form used for VAEs). With a control variate ``c(z)``
+elements (the multivariate form used for VAEs), including every iteration's elements of
+Bernoulli sites in ``je.scan`` / ``je.fori_loop`` / ``je.while_loop`` bodies (recorded per
+iteration, stacked by the loop, flattened iteration-major) and the elements of the branch
+of a ``je.cond`` / ``je.switch`` that ran (the other branches' slots are 0 and contribute
+no ``log p(b)`` term). With a control variate ``c(z)``
 differentiable in ``z`` the per-sample estimate (Grathwohl et al., 2018, eq. 6) is::
 
     g = [f(b) - c(z~)] grad log p(b) + grad_theta f(b) + grad c(z) - grad c(z~)
@@ -39,11 +43,19 @@ Cost per sample: three program evaluations (``f(b)``, ``f(sigma_lambda(z))``,
 ``f(sigma_lambda(z~))``) each with a backward pass (two pullbacks for the first); with
 ``learn=True`` the whole estimate is differentiated once more w.r.t. the state (about
 twice to three times that). The program must accept relaxed values in ``[0, 1]`` at its
-Bernoulli sites (as under :func:`jaxestim.gumbel_softmax`). Continuous sites are
-reparameterized with the same noise in all three runs; other discrete sites, Categorical
-sites, masks at Bernoulli sites, Bernoulli sites inside ``je.scan`` / ``je.cond`` and
-Bernoulli logits that depend on another Bernoulli site's value raise
-:class:`jaxestim.EstimatorError` at trace time.
+Bernoulli sites (as under :func:`jaxestim.gumbel_softmax`) and be a continuous function of
+them (``c`` must be differentiable: branching on a Bernoulli value, e.g. ``je.cond(b >
+0.5, ...)`` or ``jnp.where(b > 0.5, ...)``, makes the relaxed runs jump and the estimate
+biased; write such programs arithmetically, ``b * x + (1 - b) * y``). Continuous sites are
+reparameterized with the same noise in all three runs (also under ``je.scan(...,
+key=)``: every run draws ``u`` and ``v`` at every site, so the bulk words are laid out
+alike). Other discrete sites, Categorical sites, masks at Bernoulli sites, and programs
+whose Bernoulli logits depend on another Bernoulli site's value (directly or through a
+loop carry, e.g. a random walk whose step probabilities depend on the position) or in
+which a Bernoulli value decides through a ``je.cond`` / ``je.while_loop`` predicate which
+Bernoulli sites run raise :class:`jaxestim.EstimatorError` at trace time (the same forward
+dependence analysis as :mod:`jaxestim.estimators.arm`). A ``je.scan`` whose step
+probabilities do not depend on earlier draws is supported.
 
 References: G. Tucker, A. Mnih, C. J. Maddison, D. Lawson, J. Sohl-Dickstein, "REBAR:
 Low-variance, unbiased gradient estimates for discrete latent variable models", NeurIPS
@@ -59,13 +71,15 @@ from typing import Any, ClassVar
 import jax
 import jax.numpy as jnp
 import optax
-from jax._src.interpreters import partial_eval as _pe
 
 from jaxestim._errors import EstimatorError
 from jaxestim._estimator import Estimator, site_error
-from jaxestim._handlers import Handler, mask_value
+from jaxestim._handlers import mask_value
 from jaxestim._util import check_positive, fold_in_str, pytree_dataclass, static_field
 from jaxestim.distributions import Bernoulli
+from jaxestim.distributions._base import RandomStream
+from jaxestim.estimators._records import FlatRecordHandler
+from jaxestim.estimators.arm import _depends_on_taint
 
 _ALTERNATIVES = "je.score_function(...) or je.stochastic_ad()"
 
@@ -89,23 +103,28 @@ def conditional_z(alpha: jax.Array, b: jax.Array, v: jax.Array) -> jax.Array:
     return jnp.where(b > 0, z1, z0)
 
 
-class _RelaxHandler(Handler):
+class _RelaxHandler(FlatRecordHandler):
     """One run of the program for REBAR/RELAX.
 
     ``mode``: ``"b"`` (Bernoulli sites return ``b = H(z)``, no derivative), ``"z"``
-    (``sigma_lambda(z)``), ``"zt"`` (``sigma_lambda(z~)``) or ``"probe"`` (the sites return
-    the given ``values``; used to check that no logits depend on a Bernoulli value). All
-    runs draw ``u`` (the site's coupling uniforms) and ``v`` from the site key, so the three
-    runs share their random numbers; continuous sites are reparameterized from the same key.
-    Records each site's logits, ``b`` and the relaxed variable (``z`` or ``z~``).
+    (``sigma_lambda(z)``) or ``"zt"`` (``sigma_lambda(z~)``). All runs draw ``u`` (the
+    site's coupling uniforms) and ``v`` from the site key, so the three runs share their
+    random numbers; continuous sites are reparameterized from the same key. Every Bernoulli
+    element records (flat, see :mod:`jaxestim.estimators._records`, so the records of
+    ``je.scan`` iterations and ``je.cond`` branches reach the top level) its logit ``a``,
+    ``b``, the relaxed variable ``z`` (``z`` or ``z~``; held fixed in mode ``"b"``) and
+    ``m`` (1; 0 in the slots of branches not taken). ``taint`` (a scalar 0, or None) is
+    added to every Bernoulli value for the trace-time dependence analysis.
     """
 
-    def __init__(self, name: str, mode: str, lam: Any = None, values: Any = None) -> None:
-        super().__init__()
-        self.name, self.mode, self.lam, self.values = name, mode, lam, values
-        self.logits: list[jax.Array] = []
-        self.bs: list[jax.Array] = []
-        self.zs: list[jax.Array] = []
+    fields = ("a", "b", "z", "m")
+
+    def __init__(self, name: str, mode: str, lam: Any = None, taint: Any = None) -> None:
+        super().__init__(jnp.result_type(float))
+        self.name, self.mode, self.lam, self.taint = name, mode, lam, taint
+
+    def _new(self) -> _RelaxHandler:
+        return _RelaxHandler(self.name, self.mode, self.lam, self.taint)
 
     def sample(self, key, dist, sample_shape, estimator, mask):
         if estimator is not None:
@@ -128,48 +147,52 @@ class _RelaxHandler(Handler):
                 f"relaxation), got a {type(dist).__name__} site. Use {_ALTERNATIVES} for "
                 f"this program."
             )
-        if self._ancestors:
-            raise EstimatorError(
-                f"je.{self.name}(): Bernoulli sites inside je.scan / je.fori_loop / "
-                f"je.while_loop / je.cond / je.switch are not supported (their relaxed "
-                f"variables would have to leave the loop body). Use {_ALTERNATIVES}."
-            )
+        self.check_recording_site(f"a Bernoulli sample site under je.{self.name}()")
         if mask is not None:
             raise EstimatorError(
                 f"je.{self.name}(): `mask=` at Bernoulli sites is not supported. Use "
                 f"{_ALTERNATIVES}."
             )
         shape = tuple(sample_shape) + tuple(dist.batch_shape)
-        alpha = jnp.broadcast_to(dist.logits, shape)
-        self.logits.append(alpha)
-        if self.mode == "probe":
-            return self.values[len(self.logits) - 1]
-        u = dist.uniforms(key, sample_shape).astype(alpha.dtype)
+        alpha = jnp.broadcast_to(dist.logits, shape).astype(self.dtype)
+        u = dist.uniforms(key, sample_shape).astype(self.dtype)
+        # v is drawn in every mode so that all runs take the same random words (under
+        # je.scan(..., key=) the words are laid out by what each site draws): u first, then
+        # v (the next words of a bulk stream, or a key folded from the site key)
+        kv = key if isinstance(key, RandomStream) else fold_in_str(key, "rebar")
+        v = dist.uniforms(kv, sample_shape).astype(self.dtype)
         z = alpha + _logistic(u)
-        b = jax.lax.stop_gradient((z > 0).astype(alpha.dtype))
-        self.bs.append(b)
+        b = jax.lax.stop_gradient((z > 0).astype(self.dtype))
         if self.mode == "b":
-            self.zs.append(jax.lax.stop_gradient(z))
-            return b
-        if self.mode == "zt":
-            v = dist.uniforms(fold_in_str(key, "rebar"), sample_shape).astype(alpha.dtype)
-            z = conditional_z(alpha, b, v)
-        self.zs.append(z)
-        return jax.nn.sigmoid(z / self.lam.astype(alpha.dtype))
+            z, value = jax.lax.stop_gradient(z), b
+            if self.taint is not None:
+                value = value + self.taint.astype(value.dtype)
+        else:
+            if self.mode == "zt":
+                z = conditional_z(alpha, b, v)
+            value = jax.nn.sigmoid(z / self.lam.astype(self.dtype))
+        self.records.append(
+            {
+                "a": jnp.ravel(alpha),
+                "b": jnp.ravel(b),
+                "z": jnp.ravel(z),
+                "m": jnp.ones((b.size,), self.dtype),
+            }
+        )
+        return value
 
     def log_prob(self) -> jax.Array:
-        """``log p(b)`` summed over all Bernoulli elements (differentiable in the logits)."""
-        total = jnp.zeros(())
-        for a, b in zip(self.logits, self.bs, strict=True):
-            lp = b * jax.nn.log_sigmoid(a) + (1.0 - b) * jax.nn.log_sigmoid(-a)
-            total = total + jnp.sum(lp)
-        return total
+        """``log p(b)`` summed over all Bernoulli elements that ran (differentiable in the
+        logits)."""
+        r = self.collect()
+        a, b = r["a"], r["b"]
+        lp = b * jax.nn.log_sigmoid(a) + (1.0 - b) * jax.nn.log_sigmoid(-a)
+        return jnp.sum(r["m"] * lp)
 
     def zvec(self) -> jax.Array:
-        """All sites' relaxed variables, flattened and concatenated in site order."""
-        if not self.zs:
-            return jnp.zeros((0,))
-        return jnp.concatenate([jnp.ravel(z) for z in self.zs])
+        """All elements' relaxed variables, flat in site order (loop iterations
+        iteration-major; 0 in the slots of branches not taken)."""
+        return self.collect()["z"]
 
 
 @pytree_dataclass
@@ -188,7 +211,10 @@ class REBAR(Estimator):
     state, from :meth:`init`, holds ``log lambda``, ``eta`` and the Adam state; pass it as
     ``estimator_state=`` and the transform returns ``(result, new_state)``).
     Continuous sites: pathwise, same noise in the three runs. The program must accept
-    relaxed values in ``[0, 1]`` at Bernoulli sites. Cost per sample: three program
+    relaxed values in ``[0, 1]`` at Bernoulli sites (and be continuous in them). Bernoulli
+    sites may sit in ``je.scan`` / ``je.fori_loop`` / ``je.while_loop`` bodies and
+    ``je.cond`` / ``je.switch`` branches as long as no Bernoulli logits depend on another
+    Bernoulli value (checked at trace time, through loop carries). Cost per sample: three program
     evaluations with backward passes (``f(b)``, ``f(sigma_lambda(z))``,
     ``f(sigma_lambda(z~))``); with ``learn=True`` plus a second-order pass for the state
     gradient.
@@ -243,30 +269,33 @@ class REBAR(Estimator):
         return jnp.zeros((), z.dtype)
 
     def _check_independent(self, call: Callable, key: jax.Array, theta: jax.Array) -> None:
-        """Trace-time check that no Bernoulli logits depend on a Bernoulli site's value."""
-        probe = _RelaxHandler(self.name, "b", lam=jnp.ones(()))
-        with probe:  # the sites' shapes (abstract evaluation)
-            jax.eval_shape(lambda: call(key, theta))
+        """Trace-time check that no Bernoulli logits depend on a Bernoulli site's value.
 
-        def run(values):
-            h = _RelaxHandler(self.name, "probe", values=values)
+        The ``"b"`` run is traced with a taint (a scalar 0) added to every Bernoulli value;
+        the forward dependence analysis of :mod:`jaxestim.estimators.arm` (partial
+        evaluation, following je.scan carries to a fixed point and je.cond predicates)
+        tells whether the recorded logits, or which Bernoulli elements ran, depend on it.
+        """
+        dtype = jnp.result_type(float)
+
+        def prog(k, th, taint):
+            h = _RelaxHandler(self.name, "b", taint=taint)
             with h:
-                call(key, theta)
-            return h.logits
+                call(k, th)
+            rec = h.collect()
+            return rec["a"], rec["m"]
 
-        if len(probe.logits) < 2:
-            return
-        values = [jnp.zeros(a.shape, a.dtype) for a in probe.logits]
-        closed = jax.make_jaxpr(run)(values)
-        if not closed.jaxpr.outvars:
-            return
-        _, used = _pe.dce_jaxpr(closed.jaxpr, [True] * len(closed.jaxpr.outvars))
-        if any(used):
+        closed = jax.make_jaxpr(prog)(key, theta, jnp.zeros((), dtype))
+        if _depends_on_taint(closed, 2):
             raise EstimatorError(
                 f"je.{self.name}(): the logits of a Bernoulli site depend on the value of "
-                f"another Bernoulli site (a sequential / multi-layer model). This "
-                f"implementation relaxes sites whose logits do not depend on other Bernoulli "
-                f"values; use {_ALTERNATIVES}."
+                f"another Bernoulli site (a sequential / multi-layer model, directly or "
+                f"through a je.scan carry such as a random walk whose step probabilities "
+                f"depend on the position), or a je.cond / je.while_loop whose predicate "
+                f"depends on a Bernoulli value decides which Bernoulli sites run. This "
+                f"implementation relaxes sites that are independent given the parameters "
+                f"(e.g. a je.scan whose step probabilities do not depend on earlier draws); "
+                f"here it would be biased. Use {_ALTERNATIVES}."
             )
 
     def per_sample(self, call, key, theta, state=None):
@@ -325,8 +354,9 @@ class RELAX(REBAR):
 
     The REBAR estimate (see :class:`REBAR`) with a learned control variate: ``surrogate(phi,
     z)`` is a user function returning a scalar, differentiable in ``phi`` and ``z``, where
-    ``z`` is the flat concatenation (in site order) of every Bernoulli element's relaxed
-    variable (``z`` or ``z~``). Unbiased for every ``phi``, ``eta``, ``lambda``. With
+    ``z`` is the flat concatenation (in site order; loop iterations iteration-major,
+    branches not taken as zeros) of every Bernoulli element's relaxed variable (``z`` or
+    ``z~``). Unbiased for every ``phi``, ``eta``, ``lambda``. With
     ``learn=True`` (default) ``(log lambda, eta, phi)`` are estimator state trained by one
     Adam step per call on ``E[sum_p g_p^2]``; start from :meth:`init`. Cost: as REBAR plus
     the surrogate's evaluations.
