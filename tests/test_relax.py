@@ -371,3 +371,36 @@ def test_cond_unbiased():
     est = je.relax(linear_surrogate, {"w": jnp.full(4, 0.1), "c": 0.0}, 0.5, 0.8, learn=False)
     gs = jax.jit(je.grad_samples(branches, est, num_samples=N))(KEY, th)
     assert_unbiased(gs, exact, se_max=0.006)
+
+
+def _jumpy_where(key, eta):
+    b = je.sample(key, D.Bernoulli(logits=eta))
+    return jnp.where(b > 0.5, 3.0, 1.0)  # a comparison: piecewise constant in relaxed b
+
+
+def _jumpy_cond(key, eta):
+    b = je.sample(key, D.Bernoulli(logits=eta))
+    return je.cond(b, lambda: 3.0 * eta, lambda: eta)  # the predicate is the relaxed value
+
+
+def _jumpy_round(key, eta):
+    b = je.sample(key, D.Bernoulli(logits=eta))
+    return jnp.round(b) * 2.0 + b.astype(jnp.int32)
+
+
+@pytest.mark.parametrize("jit", [False, True])
+@pytest.mark.parametrize("prog", [_jumpy_where, _jumpy_cond, _jumpy_round])
+def test_discontinuous_programs_raise(prog, jit):
+    """A relaxed value reaching a comparison / je.cond predicate / rounding would make the
+    control variate silently biased: EstimatorError at trace time, eagerly and under jit."""
+    wrap = jax.jit if jit else (lambda g: g)
+    g = je.grad(prog, je.rebar(learn=False), num_samples=4)
+    with pytest.raises(
+        je.EstimatorError, match=r"(must reach the output\s+continuously|here it would be biased)"
+    ):
+        wrap(g)(jax.random.key(0), 0.3)
+    if prog is not _jumpy_cond:  # (a je.cond on a draw also fails the independence check)
+        # the check can be switched off (then the estimate is the user's responsibility)
+        je.grad(prog, je.rebar(learn=False, check_continuity=False), num_samples=4)(
+            jax.random.key(0), 0.3
+        )

@@ -79,6 +79,7 @@ from jaxestim._util import check_positive, fold_in_str, pytree_dataclass, static
 from jaxestim.distributions import Bernoulli
 from jaxestim.distributions._base import RandomStream
 from jaxestim.estimators._records import FlatRecordHandler
+from jaxestim.estimators._sinks import discontinuities
 from jaxestim.estimators.arm import _depends_on_taint
 
 _ALTERNATIVES = "je.score_function(...) or je.stochastic_ad()"
@@ -171,6 +172,8 @@ class _RelaxHandler(FlatRecordHandler):
             if self.mode == "zt":
                 z = conditional_z(alpha, b, v)
             value = jax.nn.sigmoid(z / self.lam.astype(self.dtype))
+            if self.taint is not None:
+                value = value + self.taint.astype(value.dtype)
         self.records.append(
             {
                 "a": jnp.ravel(alpha),
@@ -225,12 +228,20 @@ class REBAR(Estimator):
         plain score function.
       learn: tune ``(log lambda, eta)`` as estimator state (default) or keep them fixed.
       learning_rate: Adam step size for the state update.
+      check_continuity: at trace time, raise ``EstimatorError`` where the relaxed values
+        reach a comparison, rounding, ``sign``, ``argmax``, an integer cast or a
+        ``cond`` / ``while`` predicate in the user's program (see
+        :mod:`jaxestim.estimators._sinks`): the control variate's reparameterization
+        gradient misses the jump there, so the estimate would be silently biased. Set
+        ``False`` only for a false alarm (an operation that is discontinuous in isolation
+        but not in the program's output).
     """
 
     temperature: Any = 0.5
     eta: Any = 1.0
     learn: bool = static_field(default=True)
     learning_rate: float = static_field(default=1e-2)
+    check_continuity: bool = static_field(default=True)
     site_level: ClassVar[bool] = False
     name: ClassVar[str] = "rebar"
 
@@ -298,11 +309,42 @@ class REBAR(Estimator):
                 f"here it would be biased. Use {_ALTERNATIVES}."
             )
 
+    def _check_continuous(self, call: Callable, key: jax.Array, theta: jax.Array) -> None:
+        """Trace-time check that the program is continuous in the relaxed values.
+
+        The ``"z"`` run is traced with a taint (a scalar 0) added to every relaxed value and
+        :func:`jaxestim.estimators._sinks.discontinuities` lists the user-level operations
+        it reaches that have a jump or a zero derivative (comparisons, rounding, integer
+        casts, control-flow predicates): there ``grad f(sigma_lambda(z))`` misses the jump
+        and the control variate no longer cancels in expectation.
+        """
+        dtype = jnp.result_type(float)
+
+        def prog(k, th, taint):
+            with _RelaxHandler(self.name, "z", jnp.ones((), dtype), taint=taint):
+                f, _ = call(k, th)
+            return f
+
+        found = discontinuities(jax.make_jaxpr(prog)(key, theta, jnp.zeros((), dtype)))
+        if found:
+            raise EstimatorError(
+                f"je.{self.name}() differentiates the program at relaxed values "
+                f"sigmoid(z / lambda) of its Bernoulli sites, which must reach the output "
+                f"continuously; here they reach {'; '.join(found[:4])}. A jump in the "
+                f"relaxed values makes the control variate biased (its reparameterization "
+                f"gradient misses the jump). Write the program as a smooth function of the "
+                f"Bernoulli values (e.g. b * x + (1 - b) * y instead of a comparison or "
+                f"je.cond on b), or use {_ALTERNATIVES}. (If this is a false alarm, pass "
+                f"check_continuity=False.)"
+            )
+
     def per_sample(self, call, key, theta, state=None):
         """``(value, gradient estimate, aux)``, plus with ``learn=True`` the gradient of
         ``sum_p g_p^2`` w.r.t. the state parameters (averaged and applied by the transform
         through :meth:`update_state`)."""
         self._check_independent(call, key, theta)
+        if self.check_continuity:
+            self._check_continuous(call, key, theta)
         params = state["params"] if self.learn else self.fixed_params()
 
         def run(mode, th, lam):
@@ -393,10 +435,21 @@ class RELAX(REBAR):
 
 
 def rebar(
-    temperature: Any = 0.5, eta: Any = 1.0, *, learn: bool = True, learning_rate: float = 1e-2
+    temperature: Any = 0.5,
+    eta: Any = 1.0,
+    *,
+    learn: bool = True,
+    learning_rate: float = 1e-2,
+    check_continuity: bool = True,
 ) -> REBAR:
     """The REBAR estimator for Bernoulli sites (see :class:`REBAR`)."""
-    return REBAR(temperature=temperature, eta=eta, learn=learn, learning_rate=learning_rate)
+    return REBAR(
+        temperature=temperature,
+        eta=eta,
+        learn=learn,
+        learning_rate=learning_rate,
+        check_continuity=check_continuity,
+    )
 
 
 def relax(
@@ -407,6 +460,7 @@ def relax(
     *,
     learn: bool = True,
     learning_rate: float = 1e-2,
+    check_continuity: bool = True,
 ) -> RELAX:
     """The RELAX estimator with control variate ``eta f(sigma_lambda(z)) + surrogate(phi, z)``
     (see :class:`RELAX`)."""
@@ -415,6 +469,7 @@ def relax(
         eta=eta,
         learn=learn,
         learning_rate=learning_rate,
+        check_continuity=check_continuity,
         surrogate=surrogate,
         phi=phi,
     )
