@@ -98,3 +98,15 @@ def test_quick_scaling_benchmark():
     assert "| W2 | score_function(LOO) | 64 | 2 |" in text
     assert "All sharded estimates equal the unsharded ones" in text
     assert "FAIL" not in text
+
+
+def test_quick_discrete_vae_benchmark(tmp_path):
+    """``benchmarks/discrete_vae.py --quick``: linear VAE, 2 estimators, table + plot."""
+    png = tmp_path / "dvae.png"
+    proc = run_script("discrete_vae.py", "--quick", "--out", str(png))
+    text = proc.stdout
+    assert "## linear" in text and "Ranking vs the published one:" in text
+    assert "| score function (LOO) | 2 | 2 | " in text
+    assert "| straight-through | 2 | 2 | " in text
+    assert "failed:" not in text
+    assert png.stat().st_size > 0
