@@ -947,6 +947,15 @@ def cond(pred: Any, true_fun: Callable[..., Any], false_fun: Callable[..., Any],
     return switch((p != 0).astype(jnp.int32), [false_fun, true_fun], *operands)
 
 
+def reject_override(name: str, estimator: Any) -> None:
+    """Raise if a site asks for a per-site ``estimator`` under whole-program ``je.name()``."""
+    if estimator is not None:
+        raise EstimatorError(
+            f"je.{name}() is a whole-program estimator: sites take no per-site "
+            f"`estimator` override (got je.{estimator.name}())"
+        )
+
+
 class WholeProgramHandler(Handler):
     """Plain sampling at every site; rejects per-site overrides. One handler per program run."""
 
@@ -957,9 +966,5 @@ class WholeProgramHandler(Handler):
         self.name = name
 
     def sample(self, key, dist, sample_shape, estimator, mask):
-        if estimator is not None:
-            raise EstimatorError(
-                f"je.{self.name}() is a whole-program estimator: sites take no per-site "
-                f"`estimator` override (got je.{estimator.name}())"
-            )
+        reject_override(self.name, estimator)
         return dist.sample(key, sample_shape)

@@ -72,7 +72,7 @@ from jax.extend.core import ClosedJaxpr, jaxpr_as_fun
 
 from jaxestim._errors import EstimatorError
 from jaxestim._estimator import Estimator
-from jaxestim._handlers import mask_value
+from jaxestim._handlers import mask_value, reject_override
 from jaxestim._util import pytree_dataclass
 from jaxestim.distributions import Bernoulli
 from jaxestim.estimators._records import FlatRecordHandler
@@ -113,11 +113,7 @@ class _PairHandler(FlatRecordHandler):
         return _PairHandler(self.name, self.flip, self.dtype, self.taint)
 
     def sample(self, key, dist, sample_shape, estimator, mask):
-        if estimator is not None:
-            raise EstimatorError(
-                f"je.{self.name}() is a whole-program estimator: sites take no per-site "
-                f"`estimator` override (got je.{estimator.name}())"
-            )
+        reject_override(self.name, estimator)
         if not dist.is_discrete:
             return mask_value(dist.rsample(key, sample_shape), mask)
         if not isinstance(dist, Bernoulli):

@@ -74,7 +74,7 @@ import optax
 
 from jaxestim._errors import EstimatorError
 from jaxestim._estimator import Estimator, site_error
-from jaxestim._handlers import mask_value
+from jaxestim._handlers import mask_value, reject_override
 from jaxestim._util import check_positive, fold_in_str, pytree_dataclass, static_field
 from jaxestim.distributions import Bernoulli
 from jaxestim.distributions._base import RandomStream
@@ -128,11 +128,7 @@ class _RelaxHandler(FlatRecordHandler):
         return _RelaxHandler(self.name, self.mode, self.lam, self.taint)
 
     def sample(self, key, dist, sample_shape, estimator, mask):
-        if estimator is not None:
-            raise EstimatorError(
-                f"je.{self.name}() is a whole-program estimator: sites take no per-site "
-                f"`estimator` override (got je.{estimator.name}())"
-            )
+        reject_override(self.name, estimator)
         if not dist.is_discrete:
             if not dist.is_reparameterized:
                 raise site_error(

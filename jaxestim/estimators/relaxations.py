@@ -20,6 +20,16 @@ from jaxestim.distributions._base import RandomStream, as_jax_key
 from jaxestim.estimators.pathwise import Pathwise
 
 
+def _relaxable_site(ctx: Any, dist: Any, est: str, why: str) -> None:
+    """A discrete site under a relaxation: no unbiased higher derivatives, and only
+    Bernoulli / (OneHot)Categorical have one (``EstimatorError`` naming alternatives)."""
+    ctx.shared["higher_order_ok"] = False  # relaxed gradients: no unbiased higher orders
+    if not isinstance(dist, RELAXABLE):
+        raise site_error(
+            est, dist, why, "je.score_function(), je.stochastic_ad() or je.straight_through()"
+        )
+
+
 @pytree_dataclass
 class GumbelSoftmax(Estimator):
     r"""Gumbel-softmax / Concrete relaxation (Jang et al., 2017; Maddison et al., 2017).
@@ -60,14 +70,12 @@ class GumbelSoftmax(Estimator):
     def process_site(self, ctx, key, dist, sample_shape):
         if not dist.is_discrete:
             return Pathwise().process_site(ctx, key, dist, sample_shape)
-        ctx.shared["higher_order_ok"] = False  # relaxed gradients: no unbiased higher orders
-        if not isinstance(dist, RELAXABLE):
-            raise site_error(
-                "je.gumbel_softmax()",
-                dist,
-                "the Concrete relaxation is defined for Bernoulli and (OneHot)Categorical",
-                "je.score_function(), je.stochastic_ad() or je.straight_through()",
-            )
+        _relaxable_site(
+            ctx,
+            dist,
+            "je.gumbel_softmax()",
+            "the Concrete relaxation is defined for Bernoulli and (OneHot)Categorical",
+        )
         logits = dist.logits
         tau = jnp.asarray(self.temperature, logits.dtype)
         if isinstance(dist, Bernoulli):
@@ -202,14 +210,12 @@ class GumbelRao(Estimator):
     def process_site(self, ctx, key, dist, sample_shape):
         if not dist.is_discrete:
             return Pathwise().process_site(ctx, key, dist, sample_shape)
-        ctx.shared["higher_order_ok"] = False  # relaxed gradients: no unbiased higher orders
-        if not isinstance(dist, RELAXABLE):
-            raise site_error(
-                "je.gumbel_rao()",
-                dist,
-                "the Gumbel-softmax relaxation is defined for Bernoulli and (OneHot)Categorical",
-                "je.score_function(), je.stochastic_ad() or je.straight_through()",
-            )
+        _relaxable_site(
+            ctx,
+            dist,
+            "je.gumbel_rao()",
+            "the Gumbel-softmax relaxation is defined for Bernoulli and (OneHot)Categorical",
+        )
         logits = dist.logits
         tau = jnp.asarray(self.temperature, logits.dtype)
         k_extra = self.num_samples - 1
@@ -293,14 +299,9 @@ class ReinMax(Estimator):
     def process_site(self, ctx, key, dist, sample_shape):
         if not dist.is_discrete:
             return Pathwise().process_site(ctx, key, dist, sample_shape)
-        ctx.shared["higher_order_ok"] = False  # biased first-order estimate only
-        if not isinstance(dist, RELAXABLE):
-            raise site_error(
-                "je.reinmax()",
-                dist,
-                "ReinMax is defined for Bernoulli and (OneHot)Categorical",
-                "je.score_function(), je.stochastic_ad() or je.straight_through()",
-            )
+        _relaxable_site(
+            ctx, dist, "je.reinmax()", "ReinMax is defined for Bernoulli and (OneHot)Categorical"
+        )
         logits = dist.logits
         tau = jnp.asarray(self.temperature, logits.dtype)
         sl = jax.lax.stop_gradient(logits)

@@ -136,7 +136,7 @@ from jax.flatten_util import ravel_pytree
 
 from jaxestim._errors import EstimatorError
 from jaxestim._estimator import Estimator
-from jaxestim._handlers import Handler, mask_value
+from jaxestim._handlers import Handler, mask_value, reject_override
 from jaxestim._util import check_key, fold_in_str, pytree_dataclass, static_field
 from jaxestim.distributions import (
     Bernoulli,
@@ -161,11 +161,7 @@ _DIGIT = 4096
 
 
 def _check_site(dist, estimator) -> None:
-    if estimator is not None:
-        raise EstimatorError(
-            "je.stochastic_ad() is a whole-program estimator: sites take no per-site "
-            f"`estimator` override (got je.{estimator.name}())"
-        )
+    reject_override("stochastic_ad", estimator)
     if dist.is_discrete and not isinstance(dist, _SUPPORTED):
         raise EstimatorError(
             f"je.stochastic_ad() does not support {type(dist).__name__} sample sites (it needs "
