@@ -404,3 +404,16 @@ def test_discontinuous_programs_raise(prog, jit):
         je.grad(prog, je.rebar(learn=False, check_continuity=False), num_samples=4)(
             jax.random.key(0), 0.3
         )
+
+
+def test_continuous_activations_pass_the_continuity_check():
+    """leaky_relu / elu / relu6 are written with a comparison and a select but are
+    continuous: no false alarm (the nonlinear VAE of benchmarks/discrete_vae.py uses them)."""
+
+    def prog(key, w):
+        b = je.sample(key, D.Bernoulli(logits=w[:3]))
+        h = jax.nn.leaky_relu(b @ jnp.ones((3, 4)) * w[3] - 0.5, 0.3)
+        return jnp.sum((jax.nn.elu(h) + jax.nn.relu6(h)) ** 2)
+
+    g = jax.jit(je.grad(prog, je.rebar(learn=False), num_samples=8))(jax.random.key(0), jnp.ones(4))
+    assert bool(jnp.all(jnp.isfinite(g)))

@@ -10,10 +10,11 @@ constant in it: comparisons, rounding, ``sign``, ``argmax`` / ``argmin``, casts 
 integers or booleans, and the predicates of ``cond`` / ``while``.
 
 Operations inside jaxestim's own distributions and estimators (parameter validity checks,
-samplers) are not reported; ``je.cond`` / ``je.switch`` / ``je.while_loop`` predicates
-are (they implement the user's branches). Custom-derivative functions
-(``jax.custom_jvp`` / ``custom_vjp``, e.g. ``jax.nn.relu``) are treated as opaque: their
-derivative rule is trusted.
+samplers) and inside continuous ``jax.nn`` activations written with a comparison and a
+select (``leaky_relu``, ``elu``, ``relu6``, ...) are not reported; ``je.cond`` /
+``je.switch`` / ``je.while_loop`` predicates are (they implement the user's branches).
+Custom-derivative functions (``jax.custom_jvp`` / ``custom_vjp``, e.g. ``jax.nn.relu``) are
+treated as opaque: their derivative rule is trusted.
 """
 
 from __future__ import annotations
@@ -38,6 +39,13 @@ _HANDLERS = os.path.join(_PKG, "_handlers.py")
 _SINKS = frozenset({"lt", "gt", "le", "ge", "eq", "ne", "floor", "ceil", "round", "sign"})
 _SINKS |= frozenset({"argmax", "argmin"})
 _OPAQUE = frozenset({"custom_jvp_call", "custom_vjp_call", "custom_vjp_call_jaxpr"})
+# jax.nn activations that are continuous although written with a comparison and a select
+_NN = os.path.join("jax", "_src", "nn")
+_CONTINUOUS_NN = frozenset(
+    {"leaky_relu", "elu", "celu", "selu", "gelu", "relu6", "hard_tanh", "hard_sigmoid"}
+    | {"hard_silu", "hard_swish", "sparse_plus", "sparse_sigmoid", "squareplus", "mish"}
+    | {"silu", "swish", "soft_sign", "log_sigmoid", "softplus", "relu"}
+)
 
 
 def _where(eqn: Any) -> str | None:
@@ -52,6 +60,8 @@ def _where(eqn: Any) -> str | None:
     for c in codes:
         f = c.co_filename
         if not _jax_is_user_filename(f):
+            if _NN in os.path.normpath(f) and c.co_name in _CONTINUOUS_NN:
+                return None  # a continuous activation's internal select (leaky_relu, elu..)
             continue
         path = os.path.abspath(f)
         if path.startswith(_PKG + os.sep) and path != _HANDLERS:
