@@ -42,6 +42,7 @@ from jaxestim._surrogate import (
     magic_box,
 )
 from jaxestim._util import check_key, tree_add, tree_scale
+from jaxestim.distributions._base import _COMPLEX_PARAMS
 from jaxestim.estimators import Auto, ScoreFunction
 
 _LEAK_HINT = (
@@ -73,9 +74,10 @@ def _split(fun_out: Any, has_aux: bool, where: str) -> tuple[jax.Array, Any]:
     f = jnp.asarray(f)
     if f.shape != ():
         raise TypeError(f"{where}: `fun` must return a scalar, got an array of shape {f.shape}")
-    if jnp.issubdtype(f.dtype, jnp.complexfloating):
+    if jnp.issubdtype(f.dtype, jnp.complexfloating) and not _COMPLEX_PARAMS.get():
+        # (complex values are allowed only inside je.finite_difference(scheme="complex"))
         raise TypeError(f"{where}: `fun` must return a real scalar, got dtype {f.dtype}")
-    if not jnp.issubdtype(f.dtype, jnp.floating):
+    if not jnp.issubdtype(f.dtype, jnp.inexact):
         f = f.astype(jnp.result_type(float))
     return f, aux
 

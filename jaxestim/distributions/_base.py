@@ -17,6 +17,7 @@ elements are unaffected, in value and gradient.
 from __future__ import annotations
 
 import abc
+import contextvars
 import math
 import operator
 from collections.abc import Sequence
@@ -43,6 +44,13 @@ def _is_traced(x: Any) -> bool:
     return isinstance(x, jax.core.Tracer)
 
 
+# Set only while je.finite_difference(scheme="complex") traces the program: parameters may
+# then be complex (the estimator's handler decides which sites can sample with them).
+_COMPLEX_PARAMS: contextvars.ContextVar[bool] = contextvars.ContextVar(
+    "jaxestim_complex_params", default=False
+)
+
+
 def _float_params(*params: ArrayLike) -> list[Array]:
     """Converts parameters with ``jnp.asarray`` and casts them to one common float dtype.
 
@@ -52,8 +60,9 @@ def _float_params(*params: ArrayLike) -> list[Array]:
     # Python scalars and NumPy arrays stay NumPy (concrete) so that range checks still run
     # when a distribution is built inside a jit trace; JAX arrays and tracers pass through.
     arrays = [p if isinstance(p, jax.Array) else np.asarray(p) for p in params]
+    complex_ok = _COMPLEX_PARAMS.get()
     for a in arrays:
-        if jnp.issubdtype(a.dtype, jnp.complexfloating):
+        if jnp.issubdtype(a.dtype, jnp.complexfloating) and not complex_ok:
             raise TypeError(f"complex parameters are not supported, got dtype {a.dtype}")
     # Python scalars are weakly typed (as with jnp.asarray): 0.5 with a float32 array is float32.
     dtype = jnp.result_type(
@@ -62,7 +71,9 @@ def _float_params(*params: ArrayLike) -> list[Array]:
             for p, a in zip(params, arrays, strict=True)
         )
     )
-    if not jnp.issubdtype(dtype, jnp.floating):
+    if not jnp.issubdtype(dtype, jnp.floating) and not (
+        complex_ok and jnp.issubdtype(dtype, jnp.complexfloating)
+    ):
         dtype = jnp.result_type(float)
     return [
         a.astype(dtype) if isinstance(a, jax.Array) else np.asarray(a, dtype=dtype) for a in arrays

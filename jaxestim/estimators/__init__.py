@@ -25,6 +25,7 @@ from jaxestim.estimators.arm import ARM, DisARM, arm, disarm
 from jaxestim.estimators.auto import Auto, auto
 from jaxestim.estimators.enumeration import Enumeration, enumeration
 from jaxestim.estimators.finite_difference import FiniteDifference, finite_difference
+from jaxestim.estimators.forward import ForwardGradient, forward_gradient
 from jaxestim.estimators.pathwise import Pathwise, pathwise
 from jaxestim.estimators.relax import REBAR, RELAX, rebar, relax
 from jaxestim.estimators.relaxations import (
@@ -54,6 +55,7 @@ __all__ = [
     "DisARM",
     "Enumeration",
     "FiniteDifference",
+    "ForwardGradient",
     "GumbelRao",
     "GumbelSoftmax",
     "Pathwise",
@@ -67,6 +69,7 @@ __all__ = [
     "disarm",
     "enumeration",
     "finite_difference",
+    "forward_gradient",
     "gumbel_rao",
     "gumbel_softmax",
     "pathwise",
