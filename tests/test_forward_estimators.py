@@ -195,3 +195,14 @@ def test_forward_gradient_discrete_error(jit):
 def test_forward_gradient_bad_num_directions():
     with pytest.raises(ValueError, match="num_directions"):
         je.forward_gradient(num_directions=0)
+
+
+def test_complex_still_rejected_outside_complex_step():
+    with pytest.raises(TypeError, match="complex parameters"):
+        D.Normal(jnp.array(1.0 + 1.0j), 1.0)
+
+    def f(key, t):
+        return je.sample(key, D.Normal(t, 1.0)) * (1.0 + 1.0j)
+
+    with pytest.raises(TypeError, match="real scalar"):
+        je.grad(f, je.finite_difference(scheme="central"))(jax.random.key(0), 0.3)
