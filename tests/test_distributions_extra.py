@@ -198,7 +198,7 @@ def test_student_t_pathwise_loc_scale():
     assert_unbiased(g, [0.6, 2 * 1.5 * df / (df - 2)], se_max=[0.03, 0.08])
 
 
-@pytest.mark.parametrize("df", [6.0, 12.0])
+@pytest.mark.parametrize("df", [6.0])
 def test_student_t_pathwise_df(df):
     """d/d df E[T^2] = d/d df df/(df-2) = -2/(df-2)^2 (implicit reparameterization of Gamma)."""
     g = _pathwise_samples(lambda t: D.StudentT(t, 0.0, 1.0), jnp.square, df, fold=3)
@@ -307,7 +307,6 @@ EXTRA_DISTS = [
     _td(D.Normal(0.0, 1.0), D.Exp()),
     _td(D.Normal(jnp.zeros(2), 1.0), D.Chain([D.Affine(jnp.ones(2), 2.0), D.Tanh()])),
     _td(D.MultivariateNormal(jnp.zeros(2), jnp.eye(2)), D.Softplus()),
-    _td(D.Gamma(2.0, 1.0), D.Sigmoid()),
 ]
 
 
