@@ -15,6 +15,7 @@ discrete ``icdf`` NaN element-wise (``Categorical.icdf``: the label ``K``), see
 """
 
 from ._base import ContinuousDistribution, DiscreteDistribution, Distribution
+from ._bijectors import Affine, Bijector, Chain, Exp, Sigmoid, Softplus, Tanh
 from ._continuous import (
     Beta,
     Cauchy,
@@ -26,6 +27,7 @@ from ._continuous import (
     LogNormal,
     MultivariateNormal,
     Normal,
+    StudentT,
     Uniform,
 )
 from ._discrete import (
@@ -36,17 +38,22 @@ from ._discrete import (
     OneHotCategorical,
     Poisson,
 )
+from ._transformed import TransformedDistribution
 
 __all__ = [
+    "Affine",
     "Bernoulli",
     "Beta",
+    "Bijector",
     "Binomial",
     "Categorical",
     "Cauchy",
+    "Chain",
     "ContinuousDistribution",
     "Dirichlet",
     "DiscreteDistribution",
     "Distribution",
+    "Exp",
     "Exponential",
     "Gamma",
     "Geometric",
@@ -57,5 +64,10 @@ __all__ = [
     "Normal",
     "OneHotCategorical",
     "Poisson",
+    "Sigmoid",
+    "Softplus",
+    "StudentT",
+    "Tanh",
+    "TransformedDistribution",
     "Uniform",
 ]
