@@ -73,17 +73,8 @@ from jaxestim._errors import EstimatorError
 from jaxestim._estimator import Estimator
 from jaxestim._handlers import WholeProgramHandler
 from jaxestim._surrogate import SurrogateHandler
-from jaxestim._util import check_key
+from jaxestim._util import check_key, is_user_filename
 from jaxestim.estimators import Auto, FiniteDifference
-
-try:  # private, but the only way to tell JAX-internal frames from the user's
-    from jax._src.source_info_util import is_user_filename as _jax_is_user_filename
-except ImportError:  # pragma: no cover - fallback for other JAX versions
-
-    def _jax_is_user_filename(filename: str) -> bool:
-        parts = filename.replace("\\", "/").split("/")
-        return "jax" not in parts and "jaxlib" not in parts
-
 
 __all__ = ["CheckReport", "Finding", "check"]
 
@@ -248,7 +239,7 @@ def _eqn_ctx(eqn: Any, parent: _Ctx) -> _Ctx:
         codes, lastis = tb.raw_frames()  # innermost first
     except Exception:  # pragma: no cover - defensive
         return parent
-    u = next((i for i, c in enumerate(codes) if _jax_is_user_filename(c.co_filename)), None)
+    u = next((i for i, c in enumerate(codes) if is_user_filename(c.co_filename)), None)
     random_fn, in_nn = None, False
     for c in codes[: len(codes) if u is None else u]:  # JAX frames inside the user's call
         if _is_jax_random(c.co_filename):
@@ -263,7 +254,7 @@ def _eqn_ctx(eqn: Any, parent: _Ctx) -> _Ctx:
     entry, user = None, None
     for j in range(u, len(codes)):
         c = codes[j]
-        if not _jax_is_user_filename(c.co_filename):
+        if not is_user_filename(c.co_filename):
             continue
         if _is_library(c.co_filename):
             entry = c

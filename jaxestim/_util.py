@@ -10,6 +10,16 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+try:  # private, but the only way to tell JAX-internal frames from the user's
+    from jax._src.source_info_util import is_user_filename
+except ImportError:  # pragma: no cover - fallback for other JAX versions
+
+    def is_user_filename(filename: str) -> bool:
+        """Whether a traceback frame's file is outside JAX (the user's or jaxestim's)."""
+        parts = filename.replace("\\", "/").split("/")
+        return "jax" not in parts and "jaxlib" not in parts
+
+
 T = TypeVar("T")
 
 

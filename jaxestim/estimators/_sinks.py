@@ -25,14 +25,7 @@ from typing import Any
 import jax.numpy as jnp
 from jax.extend.core import Var
 
-try:  # private, but the only way to tell JAX-internal frames from the user's
-    from jax._src.source_info_util import is_user_filename as _jax_is_user_filename
-except ImportError:  # pragma: no cover - fallback for other JAX versions
-
-    def _jax_is_user_filename(filename: str) -> bool:
-        parts = filename.replace("\\", "/").split("/")
-        return "jax" not in parts and "jaxlib" not in parts
-
+from jaxestim._util import is_user_filename
 
 _PKG = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 _HANDLERS = os.path.join(_PKG, "_handlers.py")
@@ -59,7 +52,7 @@ def _where(eqn: Any) -> str | None:
         return "<unknown>"
     for c in codes:
         f = c.co_filename
-        if not _jax_is_user_filename(f):
+        if not is_user_filename(f):
             if _NN in os.path.normpath(f) and c.co_name in _CONTINUOUS_NN:
                 return None  # a continuous activation's internal select (leaky_relu, elu..)
             continue
