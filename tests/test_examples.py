@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 
 import matplotlib
+import numpy as np
 
 matplotlib.use("Agg")
 
@@ -39,3 +40,49 @@ def test_every_example_is_tested():
     names = {p.stem for p in EXAMPLES.glob("[a-z]*.py")}
     tested = {n[len("test_") :] for n in globals() if n.startswith("test_") and n[5:] in names}
     assert names and names == tested, names - tested
+
+
+def _within(mean, se, exact, se_max, z=5.0):
+    """|mean - exact| < z SE coordinatewise, with every SE below its bound (the check has power)."""
+    mean, se, exact = (np.asarray(v, np.float64) for v in (mean, se, exact))
+    assert np.all(se < se_max), f"standard error {se} exceeds the bound {se_max}"
+    assert np.all(np.abs(mean - exact) < z * se), (mean, exact, se)
+
+
+def test_sir_calibration(tmp_path):
+    r = run("sir_calibration", tmp_path)
+    # the unbiased estimators agree with the DP's exact gradient
+    _within(r["sad_mean"], r["sad_se"], r["exact_grad"], [0.6, 0.6])
+    _within(r["loo_mean"], r["loo_se"], r["exact_grad"], [0.9, 0.9])
+    # CRN finite differences estimate the DP's central difference of step h
+    _within(r["fd_mean"], r["fd_se"], r["fd_target"], [0.8, 0.8])
+    # the adam loop reduces the exact loss to near the loss at the true rates
+    assert r["loss_after"] < 0.3 * r["loss_before"], r
+    assert r["loss_after"] < 1.5 * r["loss_true"], r
+
+
+def test_particle_filter(tmp_path):
+    r = run("particle_filter", tmp_path)
+    exact = r["exact"]
+    ratio = np.abs(np.asarray(r["new_weight_mean"]) - exact)
+    se = np.asarray(r["new_weight_se"])
+    # grad log Z-hat is a ratio estimator: consistent, with a bias that shrinks with m ...
+    assert np.all(np.diff(ratio) < 0), ratio
+    assert ratio[0] > 5 * se[0], (ratio, se)  # ... visible at the smallest m
+    _within(r["new_weight_mean"][-1], se[-1], exact, 0.03)  # ... and gone at the largest
+    # grad (Z-hat / Z_ref) is unbiased at every m
+    _within(r["unbiased_mean"], r["unbiased_se"], [exact] * len(r["particles"]), 0.1)
+    # stop-gradient resampling is biased, and more particles do not fix it
+    sg = np.abs(np.asarray(r["stop_gradient_mean"]) - exact)
+    assert sg[-1] > 10 * r["stop_gradient_se"][-1] and sg[-1] > 5 * ratio[-1], sg
+    # je.compare: no discrete site is left, so stochastic_ad equals pathwise
+    assert abs(r["compare_pathwise_mean"] - r["compare_stochastic_ad_mean"]) < 1e-4
+
+
+def test_game_of_life(tmp_path):
+    r = run("game_of_life", tmp_path)
+    # 3x3 board: exact by enumerating the 512 boards
+    _within(r["small_sad_mean"], r["small_sad_se"], r["small_exact"], 0.2)
+    _within(r["small_loo_mean"], r["small_loo_se"], r["small_exact"], 0.2)
+    # CRN finite differences estimate the exact central difference of step h
+    _within(r["small_fd_mean"], r["small_fd_se"], r["small_fd_target"], 0.2)
