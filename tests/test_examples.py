@@ -54,8 +54,9 @@ def test_sir_calibration(tmp_path):
     # the unbiased estimators agree with the DP's exact gradient
     _within(r["sad_mean"], r["sad_se"], r["exact_grad"], [0.6, 0.6])
     _within(r["loo_mean"], r["loo_se"], r["exact_grad"], [0.9, 0.9])
-    # CRN finite differences estimate the DP's central difference of step h
-    _within(r["fd_mean"], r["fd_se"], r["fd_target"], [0.8, 0.8])
+    # CRN finite differences (full mode only) estimate the DP's central difference of step h
+    if "fd_mean" in r:
+        _within(r["fd_mean"], r["fd_se"], r["fd_target"], [0.8, 0.8])
     # the adam loop reduces the exact loss to near the loss at the true rates
     assert r["loss_after"] < 0.3 * r["loss_before"], r
     assert r["loss_after"] < 1.5 * r["loss_true"], r
