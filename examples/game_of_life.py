@@ -23,7 +23,7 @@ derivative by O(h^2)).
 
 Exact and reference values.
 
-* Small board (3 x 3, ``2^9 = 512`` boards): exact, by an independent method. Given a
+* Small board (3 x 3, ``T = 5``, ``2^9 = 512`` boards): exact, by an independent method. Given a
   board ``x``, the cells flip independently, so the transition matrix
   ``P[x, y] = prod_c P(y_c | x)`` is built by enumeration in NumPy float64;
   ``E_p[X_T] = pi_p P^T c`` with ``pi_p(x) = p^{|x|} (1 - p)^{9 - |x|}`` and ``c(y) = |y|``,
@@ -35,8 +35,17 @@ Exact and reference values.
   function estimator (unbiased, its own standard error reported), against which the
   other estimators are compared (z-scores with both standard errors).
 
-Figure: the estimate distributions (``je.compare``'s histograms) on the small board, and a
-final board of one 25 x 25 game.
+Figures: the estimate distributions (``je.compare``'s histograms) on the small board (and
+on the 25 x 25 board in full mode), and snapshots of one game (12 x 12 for 5 turns in fast
+mode, 25 x 25 for 10 turns in full mode).
+
+Measured (full mode, 20,000 samples each on the 25 x 25 board): the per-sample standard
+deviations are about 2,000 (stochastic_ad), 700 (score function, leave-one-out) and 150
+(CRN finite differences, biased by O(h^2)) for a derivative of about 153: one initial cell
+flipped changes the whole later game (every later draw is coupled through the same uniform,
+and a cell whose flip probability moves between ``theta`` and ``1 - theta`` flips with
+probability ``1 - 2 theta``), and the pruned estimator multiplies that change by the total
+jump rate of the 625 initial cells.
 """
 
 from __future__ import annotations
