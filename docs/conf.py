@@ -1,0 +1,108 @@
+"""Sphinx configuration for the jaxestim documentation (``make docs``).
+
+Strict build: ``make docs`` runs ``sphinx-build -W --keep-going -n``, so a warning, a broken
+cross-reference (nitpicky mode) or a failing executed example fails the build.
+
+* Markdown pages are parsed by MyST-NB. Pages written as MyST notebooks (``getting_started``)
+  are executed at build time (a failing cell fails the build); the tutorial notebooks in
+  ``notebooks/`` are rendered **without execution** (they are executed by
+  ``tests/test_notebooks.py``) and copied into ``gallery/notebooks/`` on each build.
+* Math is rendered by a MathJax 3 copy shipped in the ``sphinx-mathjax-offline`` package and
+  served from ``_static/mathjax``: the pages need no network.
+* The API reference (``api/``) is generated from ``__all__`` by ``_ext/jaxestim_apigen.py``.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sys
+from pathlib import Path
+
+DOCS = Path(__file__).resolve().parent
+ROOT = DOCS.parent
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(DOCS / "_ext"))
+os.environ.setdefault("JAX_PLATFORMS", "cpu")
+
+import jaxestim  # noqa: E402
+
+project = "jaxestim"
+author = "jaxestim developers"
+copyright = "jaxestim developers"
+release = jaxestim.__version__
+version = release
+
+extensions = [
+    "myst_nb",
+    "sphinx.ext.autodoc",
+    "sphinx.ext.napoleon",
+    "sphinx.ext.mathjax",
+    "sphinx-mathjax-offline",
+    "jaxestim_apigen",
+]
+
+exclude_patterns = ["_build", "Thumbs.db", ".DS_Store", "**.ipynb_checkpoints", "_ext"]
+source_suffix = {".rst": "restructuredtext", ".md": "myst-nb", ".ipynb": "myst-nb"}
+root_doc = "index"
+
+# --- MyST / MyST-NB ----------------------------------------------------------------------
+myst_enable_extensions = ["dollarmath", "amsmath", "colon_fence", "deflist"]
+myst_heading_anchors = 3
+nb_execution_mode = "force"  # only MyST-notebook pages; the .ipynb files are excluded below
+nb_execution_excludepatterns = ["gallery/notebooks/*"]
+nb_execution_raise_on_error = True
+nb_execution_timeout = 120
+nb_execution_show_tb = True
+nb_merge_streams = True
+
+# --- autodoc -------------------------------------------------------------------------------
+autodoc_member_order = "bysource"
+autodoc_typehints = "description"
+autodoc_typehints_format = "short"
+autodoc_preserve_defaults = True
+napoleon_google_docstring = True
+napoleon_numpy_docstring = True
+napoleon_use_rtype = False
+
+# --- strictness -----------------------------------------------------------------------------
+nitpicky = True
+# Targets outside this project (no intersphinx: the build is offline). References to names
+# of jaxestim itself are never ignored, so a broken internal link fails the build.
+nitpick_ignore_regex = [
+    (r"py:.*", r"(jax|jaxlib|numpy|np|jnp|optax|equinox|eqx|flax|matplotlib|chex)(\..*)?"),
+    (r"py:.*", r"(typing|collections|collections\.abc|types|abc|enum|dataclasses)\..*"),
+    (r"py:.*", r"(Any|Callable|Sequence|Mapping|Iterable|Iterator|Hashable|Literal|Self)"),
+    (r"py:.*", r"(Array|ArrayLike|PyTree|PRNGKey|Key|DTypeLike|Shape|Figure|Axes|PathLike)"),
+    (r"py:.*", r"(int|float|str|bool|complex|tuple|list|dict|set|None|object|type|callable)"),
+    (r"py:.*", r"(Path|pathlib\.Path|ValueError|TypeError|Exception|NamedTuple)"),
+]
+
+# --- HTML ----------------------------------------------------------------------------------
+html_theme = "furo"
+html_title = f"jaxestim {release}"
+html_static_path: list[str] = []
+html_show_sourcelink = False
+
+
+# The tutorial notebooks live in notebooks/ (where tests/test_notebooks.py runs them); copy
+# them into the source tree so they render in the gallery.
+def _copy_notebooks() -> None:
+    dst = DOCS / "gallery" / "notebooks"
+    dst.mkdir(parents=True, exist_ok=True)
+    wanted = {p.name for p in (ROOT / "notebooks").glob("*.ipynb")}
+    for old in dst.glob("*.ipynb"):
+        if old.name not in wanted:
+            old.unlink()
+    for name in sorted(wanted):
+        src = ROOT / "notebooks" / name
+        target = dst / name
+        if not target.exists() or target.read_bytes() != src.read_bytes():
+            shutil.copyfile(src, target)
+
+
+_copy_notebooks()
+
+# An undefined TeX macro is a MathJax error (red "merror" box that tests/test_docs.py
+# detects), not red text that passes unnoticed.
+mathjax3_config = {"tex": {"packages": {"[-]": ["noundefined"]}}}
