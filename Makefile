@@ -3,7 +3,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint format bench clean docs
+.PHONY: demo test lint format bench clean docs docs-fast
 
 $(PY):
 	$(PYTHON) -m venv $(VENV) || python3 -m venv $(VENV)
@@ -31,6 +31,11 @@ DOCS_ENV := JAX_PLATFORMS=cpu \
 	XLA_FLAGS="--xla_backend_optimization_level=0 --xla_llvm_disable_expensive_passes=true"
 docs: $(STAMP)
 	$(DOCS_ENV) $(PY) -m sphinx -E -W --keep-going -n -q -b html docs docs/_build/html
+
+# The same without executing the getting-started examples (for editing prose).
+docs-fast: $(STAMP)
+	$(DOCS_ENV) $(PY) -m sphinx -E -W --keep-going -n -q -b html -D nb_execution_mode=off \
+		docs docs/_build/html
 
 test: lint docs
 	$(PY) -m pytest -n 2 -q

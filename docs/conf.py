@@ -14,6 +14,7 @@ cross-reference (nitpicky mode) or a failing executed example fails the build.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import sys
@@ -24,6 +25,26 @@ ROOT = DOCS.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(DOCS / "_ext"))
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
+
+# The executed pages run in a kernel of *this* interpreter, importing *this* checkout's
+# jaxestim, whatever kernelspecs the user has installed (as tests/test_notebooks.py does).
+_KERNELS = DOCS / "_build" / ".jupyter"
+(_KERNELS / "kernels" / "python3").mkdir(parents=True, exist_ok=True)
+(_KERNELS / "kernels" / "python3" / "kernel.json").write_text(
+    json.dumps(
+        {
+            "argv": [sys.executable, "-m", "ipykernel_launcher", "-f", "{connection_file}"],
+            "display_name": "Python 3 (docs)",
+            "language": "python",
+        }
+    )
+)
+os.environ["JUPYTER_PATH"] = os.pathsep.join(
+    p for p in (str(_KERNELS), os.environ.get("JUPYTER_PATH", "")) if p
+)
+os.environ["PYTHONPATH"] = os.pathsep.join(
+    p for p in (str(ROOT), os.environ.get("PYTHONPATH", "")) if p
+)
 
 import jaxestim  # noqa: E402
 
