@@ -54,6 +54,7 @@ from jaxestim.estimators import (
     straight_through,
 )
 from jaxestim.estimators.relax import REBAR, RELAX, rebar, relax
+from jaxestim.perturbed import perturbed
 
 __version__ = "0.1.0"
 
@@ -103,6 +104,7 @@ __all__ = [
     "new_log_weight",
     "new_weight",
     "pathwise",
+    "perturbed",
     "rebar",
     "reinforce",
     "reinmax",
