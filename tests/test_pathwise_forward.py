@@ -116,3 +116,12 @@ def test_memory_does_not_grow_with_loop_length():
     fwd = je.pathwise(mode="forward")
     assert temp(4000, fwd) == temp(500, fwd)
     assert temp(4000, je.pathwise()) > temp(500, je.pathwise())
+
+
+def test_higher_order_raises():
+    def f(key, m):
+        return je.sample(key, Normal(m, 1.0)) ** 3
+
+    g = je.grad(f, je.pathwise(mode="forward"), num_samples=4)
+    with pytest.raises(je.EstimatorError, match=r'je.pathwise\(mode="forward"\) estimates cannot'):
+        jax.grad(lambda m: g(jax.random.key(0), m))(0.5)

@@ -56,11 +56,14 @@ class PathwiseForward(Estimator):
     estimator. Cost per sample: ``P`` forward-mode runs (one vmapped JVP over the identity
     basis, each about 2-3 program evaluations) including the value. It is a whole-program
     estimator: sites take no per-site ``estimator`` override, and a discrete or
-    non-reparameterized site raises :class:`EstimatorError` at trace time.
+    non-reparameterized site raises :class:`EstimatorError` at trace time. Its estimates
+    cannot be differentiated again (an outer ``jax.grad`` raises); use reverse mode
+    (``je.pathwise()``) for higher derivatives.
     """
 
     site_level: ClassVar[bool] = False
     name: ClassVar[str] = "pathwise"
+    display: ClassVar[str] = 'je.pathwise(mode="forward")'  # in error messages
 
     def per_sample(self, call, key, theta):
         """``(value, gradient, aux)`` for one sample; ``call(key, theta_flat)``."""
@@ -69,7 +72,7 @@ class PathwiseForward(Estimator):
         def prog(th: jax.Array) -> tuple[jax.Array, Any]:
             with _PathwiseOnlyHandler(
                 self.name,
-                label='je.pathwise(mode="forward")',
+                label=self.display,
                 suggest="je.score_function(), je.stochastic_ad() or je.auto()",
             ):
                 f, aux = call(key, th)
