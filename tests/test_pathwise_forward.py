@@ -125,3 +125,15 @@ def test_higher_order_raises():
     g = je.grad(f, je.pathwise(mode="forward"), num_samples=4)
     with pytest.raises(je.EstimatorError, match=r'je.pathwise\(mode="forward"\) estimates cannot'):
         jax.grad(lambda m: g(jax.random.key(0), m))(0.5)
+
+
+def test_check_reports_discrete_site():
+    # je.check raises the error je.grad would raise, and analyses the pathwise program
+    with pytest.raises(je.EstimatorError, match=r'pathwise\(mode="forward"\).*Bernoulli'):
+        je.check(bernoulli_program, jax.random.key(0), 0.3, estimator=je.pathwise(mode="forward"))
+
+    def step(key, t):
+        return (je.sample(key, Normal(t, 1.0)) > 0).astype(float)
+
+    report = je.check(step, jax.random.key(0), 0.5, estimator=je.pathwise(mode="forward"))
+    assert not report.ok

@@ -223,6 +223,10 @@ class ForwardGradient(Estimator):
                 f"forward_gradient: `num_directions` must be a positive int, got {k!r}"
             )
 
+    def check_handler(self) -> _PathwiseOnlyHandler:
+        """The sample-site handler of one run (reparameterized sites; discrete ones raise)."""
+        return _PathwiseOnlyHandler(self.name)
+
     def per_sample(self, call, key, theta):
         """``(value, gradient estimate, aux)`` for one sample; ``call(key, theta_flat)``."""
         dirs = jax.random.normal(

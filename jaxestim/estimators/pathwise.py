@@ -65,16 +65,21 @@ class PathwiseForward(Estimator):
     name: ClassVar[str] = "pathwise"
     display: ClassVar[str] = 'je.pathwise(mode="forward")'  # in error messages
 
-    def per_sample(self, call, key, theta):
-        """``(value, gradient, aux)`` for one sample; ``call(key, theta_flat)``."""
+    def check_handler(self) -> Any:
+        """The sample-site handler of one run (reparameterized sites; discrete ones raise)."""
         from jaxestim.estimators.forward import _PathwiseOnlyHandler
 
+        return _PathwiseOnlyHandler(
+            self.name,
+            label=self.display,
+            suggest="je.score_function(), je.stochastic_ad() or je.auto()",
+        )
+
+    def per_sample(self, call, key, theta):
+        """``(value, gradient, aux)`` for one sample; ``call(key, theta_flat)``."""
+
         def prog(th: jax.Array) -> tuple[jax.Array, Any]:
-            with _PathwiseOnlyHandler(
-                self.name,
-                label=self.display,
-                suggest="je.score_function(), je.stochastic_ad() or je.auto()",
-            ):
+            with self.check_handler():
                 f, aux = call(key, th)
             return f, (f, aux)
 
