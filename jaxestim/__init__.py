@@ -30,6 +30,7 @@ from jaxestim.estimators import (
     GumbelRao,
     GumbelSoftmax,
     Pathwise,
+    PathwiseForward,
     ReinMax,
     ScoreFunction,
     StochasticAD,
@@ -53,6 +54,7 @@ from jaxestim.estimators import (
     straight_through,
 )
 from jaxestim.estimators.relax import REBAR, RELAX, rebar, relax
+from jaxestim.perturbed import perturbed
 
 __version__ = "0.1.0"
 
@@ -74,6 +76,7 @@ __all__ = [
     "GumbelSoftmax",
     "LoopKey",
     "Pathwise",
+    "PathwiseForward",
     "Recommendation",
     "ReinMax",
     "ScoreFunction",
@@ -101,6 +104,7 @@ __all__ = [
     "new_log_weight",
     "new_weight",
     "pathwise",
+    "perturbed",
     "rebar",
     "reinforce",
     "reinmax",

@@ -716,7 +716,8 @@ def _describe(p: _Pending, severity: str) -> tuple[str, str]:
 def _handler(est: Estimator) -> Any:
     if est.site_level:
         return SurrogateHandler(est, num_samples=2)
-    return WholeProgramHandler(est.name)
+    make = getattr(est, "check_handler", None)  # a whole-program estimator's own site rules
+    return make() if make is not None else WholeProgramHandler(est.name)
 
 
 def check(

@@ -216,6 +216,13 @@ UNBIASEDNESS: dict[str, tuple[bool, str]] = {
         "disarm is unbiased (Bernoulli sites independent given θ; a dependence raises)",
     ),
     "arm": (True, "arm is unbiased (Bernoulli sites independent given θ; a dependence raises)"),
+    "enumeration": (True, "enumeration is exact at the enumerated sites (zero variance there)"),
+    "forward_gradient": (
+        True,
+        "forward_gradient is unbiased (E[Z Zᵀ] = I; pathwise at every site)",
+    ),
+    "rebar": (True, "rebar is unbiased (its control variate is corrected exactly)"),
+    "relax": (True, "relax is unbiased (its control variate is corrected exactly)"),
     "finite_difference": (
         False,
         "finite_difference is biased: O(h²) for central, O(h) for one-sided differences",

@@ -31,7 +31,10 @@ from jaxestim._estimator import Estimator
 from jaxestim._handlers import sample, scan
 from jaxestim.estimators import (
     auto,
+    disarm,
+    enumeration,
     finite_difference,
+    forward_gradient,
     gumbel_softmax,
     pathwise,
     score_function,
@@ -190,10 +193,15 @@ def _build() -> dict[str, Program]:
                 "score_function": score_function(),
                 "score_function (LOO)": score_function("leave_one_out"),
                 "finite_difference (CRN)": finite_difference(step=0.01),
+                "complex_step": finite_difference(scheme="complex"),
+                "forward_gradient": forward_gradient(),
                 "stochastic_ad": stochastic_ad(),
                 "auto": auto(),
             },
-            notes={"finite_difference (CRN)": _FD_EXACT + " (E = 5θ² is quadratic)"},
+            notes={
+                "finite_difference (CRN)": _FD_EXACT + " (E = 5θ² is quadratic)",
+                "complex_step": "O(h²) bias at h = 1e-20: the pathwise gradient to rounding",
+            },
         ),
         Program(
             name="gaussian_theta",
@@ -209,10 +217,13 @@ def _build() -> dict[str, Program]:
                 "score_function": score_function(),
                 "score_function (LOO)": score_function("leave_one_out"),
                 "finite_difference (CRN)": finite_difference(step=0.01),
+                "complex_step": finite_difference(scheme="complex"),
+                "forward_gradient": forward_gradient(),
                 "stochastic_ad": stochastic_ad(),
                 "auto": auto(),
             },
             biased={"finite_difference (CRN)": _FD_NOTE + ": h²·E'''/6 = 1e-4 here (negligible)"},
+            notes={"complex_step": "O(h²) bias at h = 1e-20: the pathwise gradient to rounding"},
         ),
         Program(
             name="bernoulli",
@@ -231,6 +242,8 @@ def _build() -> dict[str, Program]:
                 "gumbel_softmax (τ=0.5)": gumbel_softmax(0.5),
                 "gumbel_softmax (τ=0.5, hard)": gumbel_softmax(0.5, hard=True),
                 "stochastic_ad": stochastic_ad(),
+                "disarm": disarm(),
+                "enumeration": enumeration(),
                 "auto": auto(),
             },
             biased={
@@ -274,6 +287,7 @@ def _build() -> dict[str, Program]:
                 "gumbel_softmax (τ=0.5)": gumbel_softmax(0.5),
                 "straight_through": straight_through(),
                 "stochastic_ad": stochastic_ad(),
+                "enumeration": enumeration(),
                 "finite_difference (CRN)": finite_difference(step=0.01),
             },
             biased={

@@ -585,7 +585,8 @@ class _Run:
             "site, whose relaxed/straight-through derivatives are not unbiased to any order"
         )
         return (
-            f"je.{name}() estimates cannot be differentiated again ({why}); differentiating "
+            f"{getattr(self.est, 'display', f'je.{name}()')} estimates cannot be "
+            f"differentiated again ({why}); differentiating "
             f"them with an outer jax.grad / jax.jacfwd / jax.hessian / jax.jvp would silently "
             f"give wrong higher derivatives. Use je.score_function() (DiCE, unbiased higher "
             f"derivatives) or je.pathwise() (or je.auto(), which combines them)."

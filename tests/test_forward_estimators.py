@@ -206,3 +206,19 @@ def test_complex_still_rejected_outside_complex_step():
 
     with pytest.raises(TypeError, match="real scalar"):
         je.grad(f, je.finite_difference(scheme="central"))(jax.random.key(0), 0.3)
+
+
+def test_complex_step_default_step():
+    # the complex scheme defaults to h = 1e-20 (the real schemes keep 1e-2)
+    assert float(je.finite_difference(scheme="complex").step) == 1e-20
+    assert float(je.finite_difference().step) == 1e-2
+    key, theta = jax.random.key(5), jnp.array([0.4, -0.7])
+    pw = je.grad_samples(analytic, je.pathwise(), num_samples=4)(key, theta)
+    # float32: still no cancellation at h = 1e-20 (complex64 holds it as a normal number)
+    cs = je.grad_samples(analytic, je.finite_difference(scheme="complex"), num_samples=4)
+    np.testing.assert_allclose(cs(key, theta), pw, rtol=1e-5, atol=1e-5)
+    with jax.enable_x64(True):
+        theta64 = theta.astype(jnp.float64)
+        g = je.grad_samples(analytic, je.finite_difference(scheme="complex"), num_samples=4)
+        g_pw = je.grad_samples(analytic, je.pathwise(), num_samples=4)(key, theta64)
+        np.testing.assert_allclose(g(key, theta64), g_pw, rtol=1e-12, atol=1e-12)

@@ -26,7 +26,7 @@ from jaxestim.estimators.auto import Auto, auto
 from jaxestim.estimators.enumeration import Enumeration, enumeration
 from jaxestim.estimators.finite_difference import FiniteDifference, finite_difference
 from jaxestim.estimators.forward import ForwardGradient, forward_gradient
-from jaxestim.estimators.pathwise import Pathwise, pathwise
+from jaxestim.estimators.pathwise import Pathwise, PathwiseForward, pathwise
 from jaxestim.estimators.relax import REBAR, RELAX, rebar, relax
 from jaxestim.estimators.relaxations import (
     GumbelRao,
@@ -59,6 +59,7 @@ __all__ = [
     "GumbelRao",
     "GumbelSoftmax",
     "Pathwise",
+    "PathwiseForward",
     "ReinMax",
     "ScoreFunction",
     "StochasticAD",

@@ -34,9 +34,9 @@ class FiniteDifference(Estimator):
     grows like ``1/h^2`` in both cases.
     ``scheme="complex"`` is the complex step (Squire & Trapp 1998; Martins et al. 2003):
     ``Im f(theta + i h v; key) / h = D_v f + O(h^2)`` with no subtraction, hence no
-    cancellation: with ``step=1e-20`` it is the pathwise derivative to machine precision
-    (same key, so the same noise), at ``P`` (or ``num_directions``) complex program runs plus
-    one real run per sample. It needs a real-analytic program: only sites of
+    cancellation: with ``step=1e-20`` (its default) it is the pathwise derivative to machine
+    precision (same key, so the same noise), at ``P`` (or ``num_directions``) complex program
+    runs plus one real run per sample. It needs a real-analytic program: only sites of
     ``Normal``/``Laplace``/``Logistic``/``Cauchy`` (sample ``loc + scale * eps``, affine in the
     parameters) may have parameter-dependent parameters; other sites, and programs that raise a
     ``TypeError`` on complex values (comparisons, ...), raise :class:`EstimatorError`.
@@ -48,7 +48,7 @@ class FiniteDifference(Estimator):
     and costs ``O(P)`` or ``O(num_directions)`` program runs per sample.
     """
 
-    step: Any = 1e-2
+    step: Any = None
     scheme: str = static_field(default="central")
     common_random_numbers: bool = static_field(default=True)
     directions: str = static_field(default="coordinates")
@@ -61,6 +61,10 @@ class FiniteDifference(Estimator):
         return self.scheme == "central"
 
     def __post_init__(self) -> None:
+        if self.step is None:
+            # 1e-20 for the complex step (no cancellation: the smaller the better, down to
+            # float underflow), 1e-2 for the differences (a bias/variance compromise)
+            object.__setattr__(self, "step", 1e-20 if self.scheme == "complex" else 1e-2)
         check_positive("finite_difference", "step", self.step)
         if self.scheme not in _SCHEMES:
             raise ValueError(
@@ -130,13 +134,17 @@ class FiniteDifference(Estimator):
 
 
 def finite_difference(
-    step: Any = 1e-2,
+    step: Any = None,
     scheme: str = "central",
     common_random_numbers: bool = True,
     directions: str = "coordinates",
     num_directions: int | None = None,
 ) -> FiniteDifference:
-    """Finite differences with optional common random numbers (see :class:`FiniteDifference`)."""
+    """Finite differences with optional common random numbers (see :class:`FiniteDifference`).
+
+    ``step=None`` means ``1e-2`` for the ``"central"``/``"forward"``/``"backward"`` schemes and
+    ``1e-20`` for ``scheme="complex"``.
+    """
     return FiniteDifference(
         step=step,
         scheme=scheme,
