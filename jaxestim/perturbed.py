@@ -185,7 +185,8 @@ def perturbed(
       ``F(key, theta)`` with ``g``'s output structure.
 
     Raises:
-      TypeError / ValueError naming the argument for invalid arguments.
+      TypeError: naming the argument, for an argument of the wrong type.
+      ValueError: naming the argument, for an argument with an invalid value.
     """
     s = _check_args(fun, sigma, noise, num_samples, estimator)
     n = num_samples

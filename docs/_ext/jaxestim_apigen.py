@@ -26,7 +26,7 @@ SECTIONS: list[tuple[str, str, list[str]]] = [
     (
         "transforms",
         "Gradient transforms",
-        ["grad", "value_and_grad", "grad_samples"],
+        ["grad", "value_and_grad", "grad_samples", "perturbed"],
     ),
     (
         "sites",
