@@ -52,6 +52,7 @@ from jaxestim.estimators import (
     stochastic_triple,
     straight_through,
 )
+from jaxestim.estimators.measure_valued import MeasureValued, measure_valued
 from jaxestim.estimators.relax import REBAR, RELAX, rebar, relax
 
 __version__ = "0.1.0"
@@ -73,6 +74,7 @@ __all__ = [
     "GumbelRao",
     "GumbelSoftmax",
     "LoopKey",
+    "MeasureValued",
     "Pathwise",
     "Recommendation",
     "ReinMax",
@@ -98,6 +100,7 @@ __all__ = [
     "grad_samples",
     "gumbel_rao",
     "gumbel_softmax",
+    "measure_valued",
     "new_log_weight",
     "new_weight",
     "pathwise",
