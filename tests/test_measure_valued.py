@@ -136,7 +136,7 @@ def test_poisson_rate(coupling):
         return 1.0 / (1.0 + x) + jnp.sqrt(x)
 
     exact = poisson_exact(lam, lambda k: 1.0 / (1.0 + k) + np.sqrt(k))
-    assert_unbiased(samples(f, je.measure_valued(coupling), lam, 10_000), exact, se_max=0.006)
+    assert_unbiased(samples(f, je.measure_valued(coupling), lam, 4_000), exact, se_max=0.01)
 
 
 def test_bernoulli_logits_vector():
@@ -184,7 +184,7 @@ def test_continuous_to_discrete_chain():
         return je.sample(k2, D.Poisson(x1)) ** 2
 
     t = 2.0
-    assert_unbiased(samples(f, MVD, t, 20_000), -1 / t**2 - 4 / t**3, se_max=0.02)
+    assert_unbiased(samples(f, MVD, t, 5_000), -1 / t**2 - 4 / t**3, se_max=0.03)
 
 
 def test_gamma_concentration_from_sample_is_fine():
@@ -211,14 +211,14 @@ def test_dict_params_direct_dependence_jit_chunks():
     assert_unbiased(g["w"], exact["w"], se_max=0.01)
     assert_unbiased(g["v"], exact["v"], se_max=0.02)
     # the mean: eager == jit == chunked, up to summation order
-    est = je.grad(dict_prog, MVD, num_samples=64)
+    est = je.grad(dict_prog, MVD, num_samples=8)
     eager = est(KEY, p)
     jitted = jax.jit(est)(KEY, p)
-    chunked = jax.jit(je.grad(dict_prog, MVD, num_samples=64, chunk_size=16))(KEY, p)
+    chunked = jax.jit(je.grad(dict_prog, MVD, num_samples=8, chunk_size=2))(KEY, p)
     for k in p:
         np.testing.assert_allclose(eager[k], jitted[k], rtol=1e-5, atol=1e-6)
         np.testing.assert_allclose(eager[k], chunked[k], rtol=1e-5, atol=1e-6)
-    value, _ = je.value_and_grad(dict_prog, MVD, num_samples=64)(KEY, p)
+    value, _ = jax.jit(je.value_and_grad(dict_prog, MVD, num_samples=8))(KEY, p)
     assert np.isfinite(value)
 
 
@@ -282,3 +282,13 @@ def test_loop_without_sites_is_fine():
         return je.fori_loop(0, 3, lambda i, c: c * x, 1.0)  # x^3: d/dt E = 3 (t^2 + 1)
 
     assert_unbiased(samples(f, MVD, 0.5, 20_000), 3 * 1.25, se_max=0.05)
+
+
+def test_mask_and_sample_shape():
+    # two draws of N(t, 1) (sample_shape (2,)), the second masked out: it contributes no
+    # term, so the estimate is that of E[x_0^2] alone: 2 t
+    def f(key, t):
+        x = je.sample(key, D.Normal(t, 1.0), (2,), mask=jnp.array([True, False]))
+        return jnp.sum(x**2)
+
+    assert_unbiased(samples(f, MVD, 0.7, 10_000), 1.4, se_max=0.03)

@@ -152,13 +152,12 @@ def _alternatives(dist: Any, kind: str, key: Any, shape: tuple, coupled: bool):
     if isinstance(dist, Gamma):
         a = jnp.broadcast_to(dist.concentration, dist.batch_shape)
         plus = jax.random.gamma(k1, a, shape, dt) / rate
-        minus_indep = jax.random.gamma(k3, a + 1, shape, dt) / rate
     else:
+        a = jnp.ones((), dt)
         plus = jax.random.exponential(k1, shape, dt) / rate
-        minus_indep = jax.random.gamma(k3, jnp.asarray(2.0, dt), shape, dt) / rate
     if coupled:
         return plus, plus + jax.random.exponential(k2, shape, dt) / rate
-    return plus, minus_indep
+    return plus, jax.random.gamma(k3, a + 1, shape, dt) / rate
 
 
 class _NoSites(Handler):
@@ -238,10 +237,11 @@ class _Replay(_Base):
     """A replay: site ``site``'s element ``elem`` is replaced by ``x+`` (``sign > 0``) or
     ``x-`` of its parameter ``kind``; every other draw is the recorded run's (same keys)."""
 
-    def __init__(self, name: str, coupled: bool, row: tuple) -> None:
+    def __init__(self, name: str, coupled: bool, row: tuple, active: dict) -> None:
         super().__init__(name)
         self.coupled = coupled
         self.row = row
+        self.active = active  # site -> the kinds (indices) perturbed in some replay
 
     def sample(self, key, dist, sample_shape, estimator, mask):
         i, kinds = self._site(dist, estimator)
@@ -249,7 +249,10 @@ class _Replay(_Base):
         x = dist.sample(key, sample_shape)
         full = x.shape
         alt = jnp.zeros(full, x.dtype)
-        for j, k in enumerate(kinds):
+        if i not in self.active:
+            return x
+        for j in self.active[i]:
+            k = kinds[j]
             plus, minus = _alternatives(dist, k, key, full, self.coupled)
             pick = jnp.where(sign > 0, plus, minus).astype(x.dtype)
             alt = jnp.where(kind == j, pick, alt)
@@ -377,8 +380,12 @@ class MeasureValued(Estimator):
             rows = jnp.asarray(np.asarray(rows, np.int32))
             th0 = jax.lax.stop_gradient(theta)
 
+            active: dict[int, list[int]] = {}
+            for s, kind, _ in pairs:
+                active.setdefault(s, []).append(kind)
+
             def replay(row):
-                with _Replay(name, self.coupling, tuple(row)):
+                with _Replay(name, self.coupling, tuple(row), active):
                     return call(key, th0)[0]
 
             vals = jax.vmap(replay)(rows)
