@@ -216,6 +216,10 @@ UNBIASEDNESS: dict[str, tuple[bool, str]] = {
         "disarm is unbiased (Bernoulli sites independent given θ; a dependence raises)",
     ),
     "arm": (True, "arm is unbiased (Bernoulli sites independent given θ; a dependence raises)"),
+    "measure_valued": (
+        True,
+        "measure_valued is unbiased (weak derivatives; unsupported sites raise)",
+    ),
     "finite_difference": (
         False,
         "finite_difference is biased: O(h²) for central, O(h) for one-sided differences",

@@ -15,6 +15,7 @@ from _stats import assert_unbiased
 
 import jaxestim as je
 from jaxestim import distributions as D
+from jaxestim._compare import documented_unbiased
 
 KEY = jax.random.key(5)
 MVD, MVD_U = je.measure_valued(), je.measure_valued(coupling=False)
@@ -177,14 +178,15 @@ def test_two_sites_dependent_parameters():
 
 
 def test_continuous_to_discrete_chain():
-    # x1 ~ Exp(t), x2 ~ Poisson(x1), f = x2^2: E = 1/t + 2/t^2, grad = -1/t^2 - 4/t^3
+    # x1 ~ Exp(t), x2 ~ Bernoulli(exp(-x1)), f = x2 + x1: E = t / (t + 1) + 1 / t,
+    # grad = 1 / (t + 1)^2 - 1 / t^2
     def f(key, t):
         k1, k2 = jax.random.split(key)
         x1 = je.sample(k1, D.Exponential(t))
-        return je.sample(k2, D.Poisson(x1)) ** 2
+        return je.sample(k2, D.Bernoulli(probs=jnp.exp(-x1))) + x1
 
     t = 2.0
-    assert_unbiased(samples(f, MVD, t, 5_000), -1 / t**2 - 4 / t**3, se_max=0.03)
+    assert_unbiased(samples(f, MVD, t, 10_000), 1 / (t + 1) ** 2 - 1 / t**2, se_max=0.01)
 
 
 def test_gamma_concentration_from_sample_is_fine():
@@ -292,3 +294,14 @@ def test_mask_and_sample_shape():
         return jnp.sum(x**2)
 
     assert_unbiased(samples(f, MVD, 0.7, 10_000), 1.4, se_max=0.03)
+
+
+def test_higher_order_raises_boundary_and_documented_unbiased():
+    f = lambda k, t: (je.sample(k, D.Bernoulli(probs=t)) - 0.25) ** 2
+    g = je.grad(f, MVD, num_samples=8)
+    with pytest.raises(je.EstimatorError, match="cannot be differentiated again"):
+        jax.grad(lambda t: g(KEY, t))(0.3)
+    # probs on the boundary 0: the weak derivative is still exact, f(1) - f(0), in every
+    # sample (x+ = 1, x- = 0 are deterministic)
+    np.testing.assert_allclose(g(KEY, 0.0), 0.75**2 - 0.25**2, rtol=1e-6)
+    assert documented_unbiased(MVD)[0]
