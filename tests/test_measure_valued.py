@@ -261,6 +261,25 @@ def loop_prog(key, t):
     return je.scan(body, 0.0, jax.random.split(key, 3))[0]
 
 
+def cond_prog(key, t):
+    return je.cond(t > 0, lambda: je.sample(key, D.Normal(t, 1.0)), lambda: t)
+
+
+def while_prog(key, t):
+    # an unbounded je.while_loop runs as jax.lax.while_loop: the site is caught there too
+    def body(c):
+        i, k, s = c
+        k, k1 = jax.random.split(k)
+        return i + 1, k, s + je.sample(k1, D.Normal(t, 1.0))
+
+    return je.while_loop(lambda c: c[0] < 3, body, (0, key, 0.0))[2]
+
+
+def lax_vmap_prog(key, t):
+    keys = jax.random.split(key, 2)
+    return jnp.sum(jax.vmap(lambda k: je.sample(k, D.Normal(t, 1.0)))(keys))
+
+
 @pytest.mark.parametrize(
     "prog, match",
     [
@@ -268,6 +287,9 @@ def loop_prog(key, t):
         (cat_prog, "Categorical.*je.score_function"),
         (gamma_conc_prog, "concentration.*je.pathwise"),
         (loop_prog, "je.scan.*je.pathwise"),
+        (cond_prog, "je.cond.*je.pathwise"),
+        (while_prog, "je.while_loop.*je.pathwise"),
+        (lax_vmap_prog, "jax.vmap.*je.pathwise"),
     ],
 )
 @pytest.mark.parametrize("jit", [False, True])
@@ -281,7 +303,10 @@ def test_errors(prog, match, jit):
 def test_loop_without_sites_is_fine():
     def f(key, t):
         x = je.sample(key, D.Normal(t, 1.0))
-        return je.fori_loop(0, 3, lambda i, c: c * x, 1.0)  # x^3: d/dt E = 3 (t^2 + 1)
+        y = je.fori_loop(0, 3, lambda i, c: c * x, 1.0)  # x^3: d/dt E = 3 (t^2 + 1)
+        # an unbounded while loop without sites (adds 0) and a branch without sites
+        y = y + je.while_loop(lambda c: c < 2.0, lambda c: c + 1.0, 0.0) - 2.0
+        return je.cond(t > 0, lambda: y, lambda: -y)
 
     assert_unbiased(samples(f, MVD, 0.5, 20_000), 3 * 1.25, se_max=0.05)
 

@@ -57,11 +57,13 @@ samples held fixed) are skipped, e.g. a Normal with a constant scale costs 2 run
 element, not 4.
 
 Control flow. Sites inside ``je.scan`` / ``je.fori_loop`` / ``je.while_loop`` bodies and
-``je.cond`` / ``je.switch`` branches raise :class:`jaxestim.EstimatorError` (not supported:
-the replay would need a per-iteration override), naming ``je.pathwise()``,
-``je.score_function()`` and ``je.stochastic_ad()``. Loops and branches without sites are
-fine. ``mask=False`` elements contribute no term. Per-site ``estimator=`` overrides are
-rejected (whole-program estimator).
+``je.cond`` / ``je.switch`` branches, and inside plain JAX control flow or transformations
+within the program (``jax.lax`` loops, ``jax.vmap``, ...), raise
+:class:`jaxestim.EstimatorError` at trace time (not supported: every draw there would need
+its own replay), naming ``je.pathwise()``, ``je.score_function()`` and
+``je.stochastic_ad()``. Loops and branches without sites are fine (``je.while_loop`` needs no
+``max_iterations`` then). ``mask=False`` elements contribute no term. Per-site
+``estimator=`` overrides are rejected (whole-program estimator).
 """
 
 from __future__ import annotations
@@ -160,26 +162,34 @@ def _alternatives(dist: Any, kind: str, key: Any, shape: tuple, coupled: bool):
     return plus, jax.random.gamma(k3, a + 1, shape, dt) / rate
 
 
+def _control_flow_error(name: str) -> EstimatorError:
+    return EstimatorError(
+        f"je.{name}() does not support sample sites inside je.scan / je.fori_loop / "
+        "je.while_loop bodies, je.cond / je.switch branches, or plain JAX control flow or "
+        "transformations within the program (jax.lax loops and branches, jax.vmap, jax.jit, "
+        "jax.checkpoint): every draw there would need its own replay. Use "
+        f"{_ALTERNATIVES} for this program, or unroll the loop in Python."
+    )
+
+
 class _NoSites(Handler):
     """A loop body's or branch's handler: sites there are not supported."""
+
+    needs_bounded_loops = False
 
     def __init__(self, name: str) -> None:
         super().__init__()
         self.name = name
 
     def sample(self, key, dist, sample_shape, estimator, mask):
-        raise EstimatorError(
-            f"je.{self.name}() does not support sample sites inside je.scan / je.fori_loop / "
-            "je.while_loop bodies or je.cond / je.switch branches (each iteration's draw "
-            f"would need its own replay). Use {_ALTERNATIVES} for this program, or unroll "
-            "the loop in Python."
-        )
+        raise _control_flow_error(self.name)
 
 
 class _Base(Handler):
     """Shared by the recorded run and the replays: site counting, family checks."""
 
     recording = True  # loops/branches get a child (which rejects sites)
+    needs_bounded_loops = False  # a je.while_loop without sites may run unbounded
 
     def __init__(self, name: str) -> None:
         super().__init__()
@@ -195,7 +205,8 @@ class _Base(Handler):
     def _site(self, dist, estimator) -> tuple[int, tuple[str, ...]]:
         reject_override(self.name, estimator)
         kinds = _family_kinds(self.name, dist)
-        self.check_recording_site(f"a sample site under je.{self.name}()")
+        if not self.in_own_trace():
+            raise _control_flow_error(self.name)
         i = self.count
         self.count += 1
         return i, kinds
