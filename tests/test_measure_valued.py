@@ -275,6 +275,10 @@ def while_prog(key, t):
     return je.while_loop(lambda c: c[0] < 3, body, (0, key, 0.0))[2]
 
 
+def override_prog(key, t):
+    return je.sample(key, D.Normal(t, 1.0), estimator=je.pathwise())
+
+
 def lax_vmap_prog(key, t):
     keys = jax.random.split(key, 2)
     return jnp.sum(jax.vmap(lambda k: je.sample(k, D.Normal(t, 1.0)))(keys))
@@ -290,6 +294,7 @@ def lax_vmap_prog(key, t):
         (cond_prog, "je.cond.*je.pathwise"),
         (while_prog, "je.while_loop.*je.pathwise"),
         (lax_vmap_prog, "jax.vmap.*je.pathwise"),
+        (override_prog, "whole-program estimator"),
     ],
 )
 @pytest.mark.parametrize("jit", [False, True])
