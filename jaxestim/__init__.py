@@ -53,6 +53,7 @@ from jaxestim.estimators import (
     stochastic_triple,
     straight_through,
 )
+from jaxestim.estimators.measure_valued import MeasureValued, measure_valued
 from jaxestim.estimators.relax import REBAR, RELAX, rebar, relax
 from jaxestim.perturbed import perturbed
 
@@ -75,6 +76,7 @@ __all__ = [
     "GumbelRao",
     "GumbelSoftmax",
     "LoopKey",
+    "MeasureValued",
     "Pathwise",
     "PathwiseForward",
     "Recommendation",
@@ -101,6 +103,7 @@ __all__ = [
     "grad_samples",
     "gumbel_rao",
     "gumbel_softmax",
+    "measure_valued",
     "new_log_weight",
     "new_weight",
     "pathwise",

@@ -223,6 +223,10 @@ UNBIASEDNESS: dict[str, tuple[bool, str]] = {
     ),
     "rebar": (True, "rebar is unbiased (its control variate is corrected exactly)"),
     "relax": (True, "relax is unbiased (its control variate is corrected exactly)"),
+    "measure_valued": (
+        True,
+        "measure_valued is unbiased (weak derivatives; unsupported sites raise)",
+    ),
     "finite_difference": (
         False,
         "finite_difference is biased: O(h²) for central, O(h) for one-sided differences",
