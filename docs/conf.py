@@ -63,7 +63,14 @@ extensions = [
     "jaxestim_apigen",
 ]
 
-exclude_patterns = ["_build", "Thumbs.db", ".DS_Store", "**.ipynb_checkpoints", "_ext"]
+exclude_patterns = [
+    "_build",
+    "Thumbs.db",
+    ".DS_Store",
+    "**.ipynb_checkpoints",
+    "_ext",
+    "gallery/_examples_list.md",
+]
 source_suffix = {".rst": "restructuredtext", ".md": "myst-nb", ".ipynb": "myst-nb"}
 root_doc = "index"
 
@@ -123,6 +130,25 @@ def _copy_notebooks() -> None:
 
 
 _copy_notebooks()
+
+
+# The example scripts in examples/ (one per file, module docstring first line = title) are
+# listed on the gallery page; the list is regenerated on each build.
+def _list_examples() -> None:
+    import ast
+
+    lines = []
+    for path in sorted((ROOT / "examples").glob("[!_]*.py")):
+        doc = ast.get_docstring(ast.parse(path.read_text(encoding="utf-8"))) or path.stem
+        title = doc.strip().split("\n")[0].rstrip(".")
+        lines.append(f"* **{title}** — `examples/{path.name}`")
+    text = "\n".join(lines) if lines else "(none yet)"
+    target = DOCS / "gallery" / "_examples_list.md"
+    if not target.exists() or target.read_text() != text + "\n":
+        target.write_text(text + "\n")
+
+
+_list_examples()
 
 # An undefined TeX macro is a MathJax error (red "merror" box that tests/test_docs.py
 # detects), not red text that passes unnoticed.
