@@ -20,6 +20,14 @@ jitted optax SGD loop (plain SGD, so that the estimators' variance shows in the 
 normalized steps hide much of it) with the unbiased estimators; the curve is the *exact*
 ``J`` after every step.
 
+**What it shows** (fast mode, N = 1000 episodes; mean per-sample variance over the 64
+coordinates): REINFORCE 0.012; reward to go (``je.cost``) 0.0041; REINFORCE with the
+leave-one-out baseline 0.0012; StochasticAD 0.0014. Reward to go *with* the leave-one-out
+baseline (0.0054) is worse than either alone: the baseline is the other episodes' mean
+*return*, which does not track the *reward to go* that each action is now weighed by (a
+per-step baseline of the reward to go would; jaxestim does not build one yet). The
+Gumbel-softmax relaxation has the smallest variance and is far from the exact gradient.
+
 Run: ``python examples/policy_gradient.py [--fast] [--out DIR]``.
 """
 

@@ -51,3 +51,16 @@ def test_policy_gradient(tmp_path):
     assert res["gumbel_softmax (τ=0.5)"]["max |z|"] > 10
     # training with REINFORCE + leave-one-out improves the exact expected return
     assert res["J after training (REINFORCE + LOO)"] > res["J(theta0) exact"] + 0.15
+
+
+def test_bayesian_logistic_regression(tmp_path):
+    res = run("bayesian_logistic_regression", tmp_path)
+    for when in ("start", "end"):
+        for name, r in res[when].items():
+            # every estimator within 5 SE of the quadrature gradient on all 62 coordinates
+            assert r["max |z|"] < 5, (when, name, r)
+        # the score function is the noisiest; measure-valued is far below it (Mohamed et al.)
+        sf, mv = res[when]["score_function (LOO)"], res[when]["measure_valued (coupled)"]
+        assert mv["mean var (mu)"] < 0.1 * sf["mean var (mu)"], res[when]
+    assert res["start"]["pathwise"]["max SE"] < 1.0 and res["end"]["pathwise"]["max SE"] < 0.3
+    assert res["ELBO end"] > res["ELBO start"] + 50  # exact ELBO: -134 -> about -30
