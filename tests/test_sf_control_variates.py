@@ -207,3 +207,116 @@ def test_optimal_with_enumeration_or_cost_raises(jit):
             g = jax.jit(g)
         with pytest.raises(je.EstimatorError, match="leave_one_out"):
             g(KEY, jnp.array(0.3))
+
+
+# =========================================================================== delta method
+DELTA = je.score_function(control_variate="delta")
+
+
+def quad_prog(key, p):
+    """x ~ N(mu, sigma), y ~ N(2 mu, 0.5), f = (x - 3)^2 + x y + y^2 (quadratic in (x, y)):
+    E = (mu - 3)^2 + sigma^2 + 2 mu^2 + 4 mu^2 + 0.25,
+    dE/dmu = 2 (mu - 3) + 4 mu + 8 mu, dE/dsigma = 2 sigma."""
+    k1, k2 = jax.random.split(key)
+    x = je.sample(k1, D.Normal(p["mu"], p["sigma"]))
+    y = je.sample(k2, D.Normal(2.0 * p["mu"], 0.5))
+    return (x - 3.0) ** 2 + x * y + y**2
+
+
+def test_delta_quadratic_is_exact():
+    gs = je.grad_samples(quad_prog, DELTA, num_samples=64)(KEY, NP)
+    mu, sigma = 1.0, 1.0
+    exact = {"mu": 2 * (mu - 3) + 12 * mu, "sigma": 2 * sigma}
+    for k in ("mu", "sigma"):  # zero variance: every sample is the exact gradient
+        np.testing.assert_allclose(gs[k], exact[k], rtol=1e-4, atol=1e-4)
+
+
+def test_delta_gamma_quadratic_is_exact():
+    """x ~ Gamma(a, b) (2 elements), f = sum x^2: E = 2 a (a + 1) / b^2 (any family with a
+    closed-form mean and variance)."""
+
+    def prog(key, p):
+        return jnp.sum(je.sample(key, D.Gamma(p["a"], p["b"]), sample_shape=(2,)) ** 2)
+
+    a, b = 2.0, 1.5
+    gs = je.grad_samples(prog, DELTA, num_samples=16)(KEY, {"a": jnp.array(a), "b": jnp.array(b)})
+    np.testing.assert_allclose(gs["a"], 2 * (2 * a + 1) / b**2, rtol=1e-4)
+    np.testing.assert_allclose(gs["b"], -4 * a * (a + 1) / b**3, rtol=1e-4)
+
+
+def test_delta_cos_unbiased_and_lower_variance():
+    """x ~ N(mu, sigma), f = cos(k x): E = cos(k mu) exp(-k^2 sigma^2 / 2)."""
+    k, mu, sigma = 0.5, 1.0, 1.0
+
+    def prog(key, p):
+        return jnp.cos(k * je.sample(key, D.Normal(p["mu"], p["sigma"])))
+
+    e = np.exp(-(k**2) * sigma**2 / 2)
+    exact = {"mu": -k * np.sin(k * mu) * e, "sigma": -(k**2) * sigma * np.cos(k * mu) * e}
+    n = 4000
+    gs = je.grad_samples(prog, DELTA, num_samples=n)(KEY, NP)
+    plain = je.grad_samples(prog, je.score_function(), num_samples=n)(KEY, NP)
+    for name in ("mu", "sigma"):
+        assert_unbiased(gs[name], exact[name], se_max=0.006)
+        assert np.var(gs[name]) < 0.2 * np.var(plain[name])
+
+
+def test_delta_chunk_jit_value_and_grad():
+    ref = je.value_and_grad(quad_prog, DELTA, num_samples=10)(KEY, NP)
+    chunked = je.value_and_grad(quad_prog, DELTA, num_samples=10, chunk_size=4)
+    for out in (chunked(KEY, NP), jax.jit(chunked)(KEY, NP)):
+        jax.tree_util.tree_map(
+            lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5), ref, out
+        )
+
+
+def _dependent(key, t):
+    k1, k2 = jax.random.split(key)
+    x = je.sample(k1, D.Normal(t, 1.0))
+    return je.sample(k2, D.Normal(x, 1.0)) ** 2
+
+
+def _discrete(key, t):
+    return je.sample(key, D.Bernoulli(probs=t)) * t
+
+
+def _in_scan(key, t):
+    def step(c, k):
+        return c + je.sample(k, D.Normal(t, 1.0)), None
+
+    return je.scan(step, jnp.zeros(()), jax.random.split(key, 3))[0] ** 2
+
+
+def _uniform(key, t):
+    return je.sample(key, D.Uniform(0.0, 1.0 + t))
+
+
+@pytest.mark.parametrize("jit", [False, True])
+@pytest.mark.parametrize(
+    "prog,match",
+    [
+        (_dependent, "depend on"),
+        (_discrete, "discrete"),
+        (_in_scan, "je.scan"),
+        (_uniform, "support"),
+    ],
+)
+def test_delta_unsupported_raises(prog, match, jit):
+    g = je.grad(prog, DELTA, num_samples=2)
+    if jit:
+        g = jax.jit(g)
+    with pytest.raises(je.EstimatorError, match=match):
+        g(KEY, jnp.array(0.3))
+
+
+def test_delta_config_errors_and_higher_order():
+    with pytest.raises(ValueError, match="baseline"):
+        je.score_function("leave_one_out", control_variate="delta")
+    with pytest.raises(ValueError, match="control_variate"):
+        je.score_function(control_variate="taylor")
+
+    def first(t):
+        return je.grad(quad_prog, DELTA, num_samples=2)(KEY, {"mu": t, "sigma": NP["sigma"]})["mu"]
+
+    with pytest.raises(je.EstimatorError, match="differentiated again"):
+        jax.grad(first)(jnp.array(1.0))

@@ -139,11 +139,29 @@ class ScoreFunction(Estimator):
 jax.tree_util.register_pytree_node_class(ScoreFunction)
 
 
-def score_function(baseline: Any = None) -> ScoreFunction:
+def score_function(baseline: Any = None, control_variate: str | None = None) -> Estimator:
     """The score-function / REINFORCE estimator with an optional baseline.
 
-    See :class:`ScoreFunction` and :mod:`jaxestim.baselines`.
+    See :class:`ScoreFunction` and :mod:`jaxestim.baselines`. ``control_variate="delta"``
+    gives :class:`jaxestim.estimators.delta.DeltaMethod` (the delta-method / second-order
+    Taylor control variate of Paisley et al., 2012, for continuous sites with independent
+    elements; a whole-program estimator) and takes no ``baseline`` (``ValueError``): its
+    residual ``f - cv`` already has its constant part removed.
     """
+    if control_variate is not None:
+        if control_variate != "delta":
+            raise ValueError(
+                f"score_function: unknown `control_variate` {control_variate!r}; expected "
+                f"None or 'delta'"
+            )
+        if baseline is not None:
+            raise ValueError(
+                "score_function: control_variate='delta' takes no `baseline` (the residual "
+                "f - cv of the Taylor control variate has no constant part left to remove)"
+            )
+        from jaxestim.estimators.delta import DeltaMethod
+
+        return DeltaMethod()
     return ScoreFunction(baseline=baseline)
 
 
