@@ -74,31 +74,18 @@ def discrete_exact(a, lg):
 
 
 # --------------------------------------------------------------------------- unbiasedness
-def test_optimal_normal_unbiased_and_lower_variance():
-    n = 4000
-    gs = je.grad_samples(normal_prog, OPT, num_samples=n)(KEY, NP)
-    ex = normal_exact(1.0, 1.0)
-    for k in ("mu", "sigma"):
-        assert_unbiased(gs[k], ex[k], se_max={"mu": 0.15, "sigma": 0.3}[k])
-    # the same samples with no baseline: the optimal baseline's variance is much lower
-    plain = je.grad_samples(normal_prog, je.score_function(), num_samples=n)(KEY, NP)
-    for k in ("mu", "sigma"):
-        assert np.var(gs[k]) < 0.6 * np.var(plain[k])
-    # je.grad is the mean of grad_samples for the same key
-    g = je.grad(normal_prog, OPT, num_samples=n)(KEY, NP)
-    for k in ("mu", "sigma"):
-        np.testing.assert_allclose(g[k], np.mean(gs[k]), rtol=1e-4, atol=1e-5)
-
-
-def test_optimal_normal_variance_matches_closed_form():
-    """x ~ N(1, 1), f = (x - 3)^2: b*_mu = E[f eps^2] = 7, b*_sigma = E[f (eps^2-1)^2] / 2 = 9,
-    Var at b*: 38 (mu), 184 (sigma) (moments of eps ~ N(0, 1); plain SF: 87 / 346).
-    The leave-one-out estimate of b* adds O(1/N)."""
+def test_optimal_normal_unbiased_and_variance():
+    """x ~ N(1, 1), f = (x - 3)^2: gradient (-4, 2). b*_mu = E[f eps^2] = 7,
+    b*_sigma = E[f (eps^2 - 1)^2] / 2 = 9, per-sample variance at b*: 38 (mu), 184 (sigma)
+    (moments of eps ~ N(0, 1)); plain SF: 87 / 346. The leave-one-out estimate of b* adds
+    O(1/N)."""
 
     def f(key, p):
         return (je.sample(key, D.Normal(p["mu"], p["sigma"])) - 3.0) ** 2
 
     gs = je.grad_samples(f, OPT, num_samples=20000)(KEY, NP)
+    assert_unbiased(gs["mu"], -4.0, se_max=0.05)
+    assert_unbiased(gs["sigma"], 2.0, se_max=0.1)
     np.testing.assert_allclose(np.var(gs["mu"]), 38.0, rtol=0.1)
     np.testing.assert_allclose(np.var(gs["sigma"]), 184.0, rtol=0.15)
 
@@ -146,24 +133,18 @@ def test_optimal_in_scan():
 
 
 # --------------------------------------------------------------------------- invariances
-@pytest.mark.parametrize("kind", ["value_and_grad", "grad_samples"])
-def test_chunk_size_invariance(kind):
-    tr = getattr(je, kind)
-    ref = tr(normal_prog, OPT, num_samples=30)(KEY, NP)
-    for c in (7,):  # 4 chunks of 7 and a remainder of 2
-        out = tr(normal_prog, OPT, num_samples=30, chunk_size=c)(KEY, NP)
-        jax.tree_util.tree_map(
-            lambda a, b: np.testing.assert_allclose(a, b, rtol=2e-5, atol=2e-6), ref, out
-        )
-
-
-def test_eager_vs_jit():
-    g = je.grad(normal_prog, OPT, num_samples=64)
-    eager = g(KEY, NP)
-    jitted = jax.jit(g)(KEY, NP)
-    jax.tree_util.tree_map(
-        lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6), eager, jitted
-    )
+def test_chunk_size_invariance_and_jit():
+    """Per-sample gradients do not depend on chunk_size (4 chunks of 7 and a remainder of 2:
+    the all-sample sums come from a first pass); je.value_and_grad under jax.jit, chunked,
+    is their mean; dict params and a direct (pathwise) term."""
+    ref = je.grad_samples(normal_prog, OPT, num_samples=30)(KEY, NP)
+    out = je.grad_samples(normal_prog, OPT, num_samples=30, chunk_size=7)(KEY, NP)
+    vg = jax.jit(je.value_and_grad(normal_prog, OPT, num_samples=30, chunk_size=7))
+    value, g = vg(KEY, NP)
+    assert np.isfinite(value)
+    for k in ("mu", "sigma"):
+        np.testing.assert_allclose(out[k], ref[k], rtol=2e-5, atol=2e-6)
+        np.testing.assert_allclose(g[k], np.mean(ref[k]), rtol=1e-4, atol=1e-5)
 
 
 # --------------------------------------------------------------------------- errors
@@ -231,17 +212,17 @@ def test_delta_quadratic_is_exact():
         np.testing.assert_allclose(gs[k], exact[k], rtol=1e-4, atol=1e-4)
 
 
-def test_delta_gamma_quadratic_is_exact():
-    """x ~ Gamma(a, b) (2 elements), f = sum x^2: E = 2 a (a + 1) / b^2 (any family with a
+def test_delta_laplace_quadratic_is_exact():
+    """x ~ Laplace(a, b) (2 elements), f = sum x^2: E = 2 (a^2 + 2 b^2) (any family with a
     closed-form mean and variance)."""
 
     def prog(key, p):
-        return jnp.sum(je.sample(key, D.Gamma(p["a"], p["b"]), sample_shape=(2,)) ** 2)
+        return jnp.sum(je.sample(key, D.Laplace(p["a"], p["b"]), sample_shape=(2,)) ** 2)
 
-    a, b = 2.0, 1.5
+    a, b = 0.7, 1.5
     gs = je.grad_samples(prog, DELTA, num_samples=16)(KEY, {"a": jnp.array(a), "b": jnp.array(b)})
-    np.testing.assert_allclose(gs["a"], 2 * (2 * a + 1) / b**2, rtol=1e-4)
-    np.testing.assert_allclose(gs["b"], -4 * a * (a + 1) / b**3, rtol=1e-4)
+    np.testing.assert_allclose(gs["a"], 4 * a, rtol=1e-4)
+    np.testing.assert_allclose(gs["b"], 8 * b, rtol=1e-4)
 
 
 def test_delta_cos_unbiased_and_lower_variance():
@@ -263,11 +244,10 @@ def test_delta_cos_unbiased_and_lower_variance():
 
 def test_delta_chunk_jit_value_and_grad():
     ref = je.value_and_grad(quad_prog, DELTA, num_samples=10)(KEY, NP)
-    chunked = je.value_and_grad(quad_prog, DELTA, num_samples=10, chunk_size=4)
-    for out in (chunked(KEY, NP), jax.jit(chunked)(KEY, NP)):
-        jax.tree_util.tree_map(
-            lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5), ref, out
-        )
+    out = jax.jit(je.value_and_grad(quad_prog, DELTA, num_samples=10, chunk_size=4))(KEY, NP)
+    jax.tree_util.tree_map(
+        lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5), ref, out
+    )
 
 
 def _dependent(key, t):
