@@ -1052,7 +1052,9 @@ _COMMON_DOC = """
     including the value of :func:`value_and_grad`, whose derivative is the estimator's
     gradient. Estimates of :func:`jaxestim.straight_through`,
     :func:`jaxestim.gumbel_softmax` (at discrete sites, also as per-site overrides),
-    :func:`jaxestim.finite_difference` and :func:`jaxestim.stochastic_ad` raise
+    :func:`jaxestim.finite_difference`, :func:`jaxestim.stochastic_ad`,
+    ``je.score_function(baseline="optimal")`` and ``je.score_function(control_variate=
+    "delta")`` (first-order control variates) raise
     :class:`jaxestim.EstimatorError` at trace time when differentiated again (their
     derivatives would be silently biased); first-order use, ``jax.jit`` and ``jax.vmap``
     are unaffected. Cost of a second derivative: about one more forward-over-reverse pass.

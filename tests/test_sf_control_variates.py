@@ -116,6 +116,28 @@ def test_optimal_mixed_with_pathwise_override():
     assert_unbiased(gs, exact, se_max=0.04)
 
 
+def test_optimal_with_leave_one_out_site():
+    """Two groups: the transform's optimal baseline at x ~ N(mu, sigma) and a leave-one-out
+    override at y ~ Bernoulli(sigmoid(mu)); f = (x - 3)^2 (1 + y) + mu x,
+    E = ((mu - 3)^2 + sigma^2)(1 + s) + mu^2, s = sigmoid(mu)."""
+
+    def prog(key, p):
+        k1, k2 = jax.random.split(key)
+        x = je.sample(k1, D.Normal(p["mu"], p["sigma"]))
+        y = je.sample(k2, D.Bernoulli(logits=p["mu"]), estimator=je.score_function("leave_one_out"))
+        return (x - 3.0) ** 2 * (1 + y) + p["mu"] * x
+
+    mu, sigma = 1.0, 1.0
+    s = sigmoid(mu)
+    exact = {
+        "mu": 2 * (mu - 3) * (1 + s) + ((mu - 3) ** 2 + sigma**2) * s * (1 - s) + 2 * mu,
+        "sigma": 2 * sigma * (1 + s),
+    }
+    gs = je.grad_samples(prog, OPT, num_samples=10000)(KEY, NP)
+    assert_unbiased(gs["mu"], exact["mu"], se_max=0.12)
+    assert_unbiased(gs["sigma"], exact["sigma"], se_max=0.25)
+
+
 def test_optimal_in_scan():
     """n = sum of 4 Bernoulli(t) steps in je.scan, f = (n - 1)^2: E = Var + (E n - 1)^2
     = 4 t (1 - t) + (4 t - 1)^2, dE/dt = 4 - 8 t + 8 (4 t - 1)."""
