@@ -169,6 +169,7 @@ class DeltaMethod(Estimator):
 
     site_level: ClassVar[bool] = False
     name: ClassVar[str] = "delta_method"
+    display: ClassVar[str] = _WHAT  # in error messages
 
     def per_sample(self, call, key, theta):
         """``(value, gradient estimate, aux)`` for one sample; ``call(key, theta_flat)``."""
