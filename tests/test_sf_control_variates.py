@@ -289,6 +289,13 @@ def _in_scan(key, t):
     return je.scan(step, jnp.zeros(()), jax.random.split(key, 3))[0] ** 2
 
 
+def _in_cond(key, t):
+    def branch(k):
+        return je.sample(k, D.Normal(t, 1.0))
+
+    return je.cond(t > 0, branch, lambda k: jnp.zeros(()), key) ** 2
+
+
 def _uniform(key, t):
     return je.sample(key, D.Uniform(0.0, 1.0 + t))
 
@@ -300,6 +307,7 @@ def _uniform(key, t):
         (_dependent, "depend on"),
         (_discrete, "discrete"),
         (_in_scan, "je.scan"),
+        (_in_cond, "je.cond"),
         (_uniform, "support"),
     ],
 )
