@@ -36,10 +36,10 @@ to its quadratic expansion over the spread of ``x``; for strongly non-quadratic 
 ``cos(k x)`` with ``k sigma >~ 1``) the residual can be larger than ``f`` and the variance
 higher than the plain estimator's (Mohamed et al., Fig. 5).
 
-Cost per sample: the program is run 3 times forward (the draw, the estimate's run with its
-reverse pass, the expansion point) plus a gradient and a Hessian of ``f`` in the ``d``
-site elements at ``m`` (``d`` forward-over-reverse passes, memory ``O(d^2)``), so it suits
-programs with few random elements.
+Cost per sample: one forward run (the draw), one forward and one reverse pass (the
+estimate), and the Hessian of ``f`` in the ``d`` site elements at ``m`` by ``d``
+forward-over-reverse passes (``jax.jacfwd`` of the gradient, which also gives ``f(m)`` and
+``grad f(m)``; memory ``O(d^2)``), so it suits programs with few random elements.
 
 Restrictions (``EstimatorError`` at trace time): discrete sites, sites with a non-scalar
 event (Dirichlet, multivariate Normal), sites whose support moves with the parameters
@@ -161,7 +161,7 @@ class DeltaMethod(Estimator):
     function when ``f`` is close to quadratic over the spread of ``x``, possibly higher when
     it is far from it. Sites: continuous, independent scalar elements with a closed-form
     mean and variance, parameters not depending on other draws, outside control flow
-    (``EstimatorError`` otherwise). Cost per sample: 3 forward runs, 1 reverse pass, and a
+    (``EstimatorError`` otherwise). Cost per sample: 2 forward runs, 1 reverse pass, and a
     Hessian in the ``d`` site elements (``d`` forward-over-reverse passes). See
     :mod:`jaxestim.estimators.delta`. Made by ``je.score_function(control_variate="delta")``
     or ``je.delta_method()``.
@@ -198,9 +198,12 @@ class DeltaMethod(Estimator):
         def fz(z):
             return run(key, th0, z)[0]
 
-        g = jax.grad(fz)(m0)
-        hess = jax.hessian(fz)(m0)
-        f_m = fz(m0)
+        def grad_and_value(z):
+            v, gr = jax.value_and_grad(fz)(z)
+            return gr, (v, gr)
+
+        # one forward-over-reverse pass per site element gives H, f(m) and grad f(m)
+        hess, (f_m, g) = jax.jacfwd(grad_and_value, has_aux=True)(m0)
         dx = x - m0
         cv = f_m + g @ dx + 0.5 * dx @ (hess @ dx)
 
