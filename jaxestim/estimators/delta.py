@@ -34,7 +34,9 @@ what remains is the plain score-function estimate. For ``f`` quadratic in ``x`` 
 ``f - cv`` is zero and the estimate is exact (zero variance). It helps when ``f`` is close
 to its quadratic expansion over the spread of ``x``; for strongly non-quadratic ``f`` (e.g.
 ``cos(k x)`` with ``k sigma >~ 1``) the residual can be larger than ``f`` and the variance
-higher than the plain estimator's (Mohamed et al., Fig. 5).
+higher than the plain estimator's (measured, ``x ~ N(1, 1)``, per-sample variance for
+``mu`` / ``sigma``: ``cos(x/2)`` 0.010 / 0.060 vs 0.45 / 0.78 plain; ``cos(2x)`` 16.7 / 80
+vs 0.45 / 0.93 plain).
 
 Cost per sample: one forward run (the draw), one forward and one reverse pass (the
 estimate), and the Hessian of ``f`` in the ``d`` site elements at ``m`` by ``d``
