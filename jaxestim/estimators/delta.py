@@ -31,7 +31,8 @@ quadratic term's gradient is zero at ``mu = m``). The estimate per sample is::
 Unbiased: for coefficients fixed, ``E[cv(x) grad log p(x; theta)] = grad_theta E_theta[cv]``
 (the score-function identity applied to ``cv``), so the two terms cancel in expectation and
 what remains is the plain score-function estimate. For ``f`` quadratic in ``x`` the residual
-``f - cv`` is zero and the estimate is exact (zero variance). It helps when ``f`` is close
+``f - cv`` is zero and the estimate is exact (zero variance, apart from the pathwise
+term of a direct dependence of ``f`` on ``theta``). It helps when ``f`` is close
 to its quadratic expansion over the spread of ``x``; for strongly non-quadratic ``f`` (e.g.
 ``cos(k x)`` with ``k sigma >~ 1``) the residual can be larger than ``f`` and the variance
 higher than the plain estimator's (measured, ``x ~ N(1, 1)``, per-sample variance for
@@ -159,14 +160,14 @@ class DeltaMethod(Estimator):
     + grad_theta f(x; theta)`` with ``cv`` the second-order Taylor expansion of ``f`` (as a
     function of all sites' values) at ``m = stop_gradient(mean)``, coefficients held fixed
     (Paisley, Blei & Jordan, 2012; Mohamed et al., 2020, section 7.4). Unbiased; exact (zero
-    variance) for ``f`` quadratic in the site values; lower variance than the plain score
-    function when ``f`` is close to quadratic over the spread of ``x``, possibly higher when
-    it is far from it. Sites: continuous, independent scalar elements with a closed-form
-    mean and variance, parameters not depending on other draws, outside control flow
-    (``EstimatorError`` otherwise). Cost per sample: 2 forward runs, 1 reverse pass, and a
-    Hessian in the ``d`` site elements (``d`` forward-over-reverse passes). See
-    :mod:`jaxestim.estimators.delta`. Made by ``je.score_function(control_variate="delta")``
-    or ``je.delta_method()``.
+    variance, apart from a direct pathwise term) for ``f`` quadratic in the site values;
+    lower variance than the plain score function when ``f`` is close to quadratic over the
+    spread of ``x``, possibly higher when it is far from it. Sites: continuous, independent
+    scalar elements with a closed-form mean and variance, parameters not depending on other
+    draws, outside control flow (``EstimatorError`` otherwise). Cost per sample: 2 forward
+    runs, 1 reverse pass, and a Hessian in the ``d`` site elements (``d``
+    forward-over-reverse passes). See :mod:`jaxestim.estimators.delta`. Made by
+    ``je.score_function(control_variate="delta")`` or ``je.delta_method()``.
     """
 
     site_level: ClassVar[bool] = False
