@@ -717,7 +717,7 @@ def _handler(est: Estimator) -> Any:
     if est.site_level:
         return SurrogateHandler(est, num_samples=2)
     make = getattr(est, "check_handler", None)  # a whole-program estimator's own site rules
-    return make() if make is not None else WholeProgramHandler(est.name)
+    return make() if make is not None else WholeProgramHandler(est.name, est)
 
 
 def check(
