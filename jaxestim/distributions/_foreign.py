@@ -253,9 +253,17 @@ def foreign_error(
         if site_level
         else f", or keep the {describe(base)} and differentiate the program with {alternatives}"
     )
+    hint = suggestion(base)
+    if not dist.is_reparameterized and est in ("je.pathwise()", "je.forward_gradient()"):
+        # the jaxestim family would not help this estimator: lead with the working ones
+        return EstimatorError(
+            f"{est} cannot handle a {describe(base)} sample site: {why}. Use {alternatives} "
+            f"{'at this site' if site_level else 'for the program'}; for je.stochastic_ad() "
+            f"and the other estimators that need jaxestim's coupling, {hint}."
+        )
     return EstimatorError(
         f"{est} cannot handle a {describe(base)} sample site: {why}. "
-        f"{suggestion(base)[0].upper()}{suggestion(base)[1:]}{override}."
+        f"{hint[0].upper()}{hint[1:]}{override}."
     )
 
 
