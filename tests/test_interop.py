@@ -264,3 +264,28 @@ def test_per_site_override_and_independent_key_finite_differences():
     assert np.isfinite(g)
     fd = je.finite_difference(step=0.1, common_random_numbers=False)
     assert np.isfinite(je.grad(_bernoulli_prog, fd, num_samples=4)(KEY, 0.3))
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda t: nd.Bernoulli(probs=t),
+        lambda t: nd.Poisson(t),
+        lambda t: nd.Categorical(probs=jnp.stack([t, 1 - t])),
+    ],
+    ids=["Bernoulli", "Poisson", "Categorical"],  # Binomial: same code path as Bernoulli
+)
+def test_score_function_at_support_boundary_is_nan_not_biased(make):
+    # at theta = 0 the value 1 has zero mass but growing: the score function never sees it
+    def prog(key, th):
+        return je.sample(key, make(th)).astype(jnp.float32)
+
+    grad = jax.jit(je.grad(prog, je.score_function(), num_samples=4))
+    assert np.isnan(grad(KEY, 0.0))
+    assert np.isfinite(grad(KEY, 0.3))
+
+    def fixed(key, th):  # on the boundary, but not moving with theta: exact, not NaN
+        return je.sample(key, make(jnp.zeros(()))).astype(jnp.float32) * th
+
+    deterministic = float(make(jnp.zeros(())).sample(KEY))  # the boundary's point mass
+    assert je.grad(fixed, je.score_function(), num_samples=4)(KEY, 1.0) == deterministic

@@ -41,6 +41,7 @@ import numpy as np
 from jaxestim._errors import EstimatorError
 from jaxestim.distributions._base import (
     Distribution,
+    _boundary,
     _canonical_sample_shape,
     _validate_key,
     as_jax_key,
@@ -217,11 +218,16 @@ class ForeignDistribution(Distribution):
         return jnp.ones(self.batch_shape, bool)
 
     def _support_boundary(self) -> tuple[jax.Array, jax.Array, jax.Array] | None:
-        """For a continuous support that depends on the parameters (numpyro's
-        ``dependent_property``, e.g. ``Uniform``): its float bounds, all flagged as boundary
-        parameters, so the score function's gradient is NaN where they move with ``theta``."""
+        """Parameters where the support changes with them (see
+        :meth:`Distribution._support_boundary`), so that the score function's gradient is NaN
+        rather than silently biased when they move with ``theta``.
+
+        Discrete: the ``probs`` / ``rate`` boundaries of numpyro's Bernoulli, Binomial,
+        Geometric, Categorical (``probs`` parameterizations) and Poisson, as for the jaxestim
+        families. Continuous: for a support that depends on the parameters (numpyro's
+        ``dependent_property``, e.g. ``Uniform``) its float bounds, all flagged."""
         if self.is_discrete:
-            return None
+            return _discrete_boundary(self._base)
         if not isinstance(inspect.getattr_static(type(self._base), "support", None), property):
             return None
         bounds = [
@@ -237,6 +243,27 @@ class ForeignDistribution(Distribution):
 
     def __repr__(self) -> str:
         return f"ForeignDistribution({self._base!r})"
+
+
+def _discrete_boundary(base: Any) -> tuple[jax.Array, jax.Array, jax.Array] | None:
+    """``_support_boundary`` of numpyro's discrete families with a ``probs`` / ``rate``."""
+    while type(base).__name__ in _WRAPPERS and hasattr(base, "base_dist"):
+        base = base.base_dist
+    name = type(base).__name__
+    if name in ("BernoulliProbs", "BinomialProbs", "GeometricProbs"):
+        p = jnp.broadcast_to(base.probs, tuple(base.batch_shape))
+        active = True
+        if name == "BinomialProbs":
+            active = jnp.broadcast_to(base.total_count, p.shape) > 0
+        low = (p == 0) & (name != "GeometricProbs") & active
+        return _boundary(p, low, (p == 1) & active)
+    if name == "CategoricalProbs":
+        probs = base.probs
+        return _boundary(probs, probs == 0, jnp.zeros(jnp.shape(probs), bool))
+    if name == "Poisson" and not getattr(base, "is_sparse", False):
+        rate = jnp.asarray(base.rate)
+        return _boundary(rate, rate == 0, jnp.zeros(rate.shape, bool))
+    return None
 
 
 def foreign_error(
