@@ -163,6 +163,16 @@ def test_pytree_validate_and_check():
     assert np.isfinite(g)
     assert "no problems" in str(je.check(prog, KEY, 0.3))
 
+    def site(key, th):  # numpyro's sampler inside je.sample belongs to the site
+        return je.sample(key, nd.Bernoulli(probs=th)).astype(jnp.float32)
+
+    assert "no problems" in str(je.check(site, KEY, 0.3))
+
+    def bypass(key, th):  # ... but sampling with numpyro directly is still reported
+        return nd.Bernoulli(probs=th).sample(key).astype(jnp.float32)
+
+    assert "no problems" not in str(je.check(bypass, KEY, 0.3))
+
 
 def test_unsupported_library_raises_type_error():
     class DistraxLike:
