@@ -299,3 +299,11 @@ def test_score_function_at_support_boundary_is_nan_not_biased(make):
 
     deterministic = float(make(jnp.zeros(())).sample(KEY))  # the boundary's point mass
     assert je.grad(fixed, je.score_function(), num_samples=4)(KEY, 1.0) == deterministic
+
+
+def test_complex_step_with_theta_free_numpyro_site():
+    def prog(key, th):
+        return je.sample(key, nd.Normal(0.0, 1.0)) * th + th**2
+
+    g = je.grad_samples(prog, je.finite_difference(scheme="complex"), num_samples=64)(KEY, 1.5)
+    assert_unbiased(g, 3.0, se_max=0.2)  # d/dth E[x th + th^2] = 2 th (per sample: x + 2 th)

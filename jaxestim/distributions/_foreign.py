@@ -130,7 +130,11 @@ def suggestion(base: Any) -> str:
         )
     from jaxestim import distributions as jd
 
-    params = ", ".join(getattr(jd, target)._param_names)
+    names = list(getattr(jd, target)._param_names)
+    if "probs" in names and "logits" in names:  # exactly one of them
+        names = [n for n in names if n != "logits"]
+        names[names.index("probs")] = "probs= or logits="
+    params = ", ".join(names)
     return f"use jaxestim.distributions.{target}({params}) at this site instead"
 
 
