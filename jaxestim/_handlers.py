@@ -283,10 +283,10 @@ def sample(
         :func:`finite_difference` (common random numbers: continuous reparameterized sites
         only) and :func:`forward_gradient` work with it; estimators that need jaxestim's
         inverse-CDF coupling or family structure (:func:`stochastic_ad`, DisARM/ARM,
-        enumeration, the relaxations, REBAR/RELAX, ...) raise :class:`EstimatorError` at
-        trace time naming the jaxestim family to use instead (e.g. numpyro ``Poisson`` ->
-        :class:`jaxestim.distributions.Poisson`). Discrete numpyro draws keep numpyro's
-        integer dtype.
+        enumeration, the relaxations, REBAR/RELAX, :func:`measure_valued`) raise
+        :class:`EstimatorError` at trace time naming the jaxestim family to use instead
+        (e.g. numpyro ``Poisson`` -> :class:`jaxestim.distributions.Poisson`). Discrete
+        numpyro draws keep numpyro's integer dtype.
       sample_shape: leading shape of i.i.d. draws.
       estimator: optional per-site override of the transform's estimator. Valid overrides
         are the site-level estimators (:func:`pathwise`, :func:`score_function`,

@@ -67,7 +67,8 @@ def test_auto_and_forward_and_crn_finite_differences_at_continuous_sites():
 
     # E[sin(x)] = sin(a) exp(-1/2) per coordinate
     exact = 2 * math.cos(0.4) * math.exp(-0.5)
-    for est in (None, je.forward_gradient(), je.finite_difference(step=1e-3)):
+    forward = (je.pathwise(mode="forward"), je.forward_gradient())
+    for est in (None, *forward, je.finite_difference(step=1e-3)):
         g = batches(prog, est, {"a": 0.4})
         assert_unbiased(g["a"], exact, se_max=0.05)
 
@@ -207,7 +208,9 @@ _COUPLED = {
     "reinmax": je.reinmax,
     "rebar": je.rebar,
     "relax": _relax,
+    "measure_valued": je.measure_valued,
     "pathwise": je.pathwise,
+    "pathwise(forward)": lambda: je.pathwise(mode="forward"),
     "forward_gradient": je.forward_gradient,
 }
 

@@ -285,7 +285,7 @@ def foreign_error(
         else f", or keep the {describe(base)} and differentiate the program with {alternatives}"
     )
     hint = suggestion(base)
-    if not dist.is_reparameterized and est in ("je.pathwise()", "je.forward_gradient()"):
+    if not dist.is_reparameterized and est.startswith(("je.pathwise(", "je.forward_gradient(")):
         # the jaxestim family would not help this estimator: lead with the working ones
         return EstimatorError(
             f"{est} cannot handle a {describe(base)} sample site: {why}. Use {alternatives} "
@@ -334,7 +334,7 @@ def check_foreign_site(handler: Any, dist: ForeignDistribution, estimator: Any) 
     if type(handler) is _PathwiseOnlyHandler:
         if not dist.is_reparameterized:
             raise foreign_error(
-                f"je.{handler.name}()",
+                getattr(handler, "label", f"je.{handler.name}()"),
                 dist,
                 "it differentiates the program with forward-mode autodiff, and a discrete or "
                 "non-reparameterized sample has no derivative",
