@@ -938,7 +938,7 @@ class _Run:
         stateful = est.has_state
 
         def plain(k, th):
-            with WholeProgramHandler(est.name):
+            with WholeProgramHandler(est.name, est):
                 return self.eval(k, unravel(th))
 
         plain = _Once(plain)
