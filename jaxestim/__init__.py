@@ -53,6 +53,7 @@ from jaxestim.estimators import (
     stochastic_triple,
     straight_through,
 )
+from jaxestim.estimators.delta import DeltaMethod, delta_method
 from jaxestim.estimators.measure_valued import MeasureValued, measure_valued
 from jaxestim.estimators.relax import REBAR, RELAX, rebar, relax
 from jaxestim.perturbed import perturbed
@@ -66,6 +67,7 @@ __all__ = [
     "Auto",
     "CheckReport",
     "ComparisonReport",
+    "DeltaMethod",
     "DisARM",
     "Enumeration",
     "Estimator",
@@ -93,6 +95,7 @@ __all__ = [
     "compare",
     "cond",
     "cost",
+    "delta_method",
     "disarm",
     "distributions",
     "enumeration",

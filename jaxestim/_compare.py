@@ -211,6 +211,10 @@ UNBIASEDNESS: dict[str, tuple[bool, str]] = {
         "auto is unbiased (pathwise where reparameterizable, score function elsewhere)",
     ),
     "stochastic_ad": (True, "stochastic_ad is unbiased (no relaxation)"),
+    "delta_method": (
+        True,
+        "delta_method is unbiased (the Taylor control variate's expectation is exact)",
+    ),
     "disarm": (
         True,
         "disarm is unbiased (Bernoulli sites independent given θ; a dependence raises)",

@@ -24,6 +24,7 @@ is re-exported from :mod:`jaxestim`.
 
 from jaxestim.estimators.arm import ARM, DisARM, arm, disarm
 from jaxestim.estimators.auto import Auto, auto
+from jaxestim.estimators.delta import DeltaMethod, delta_method
 from jaxestim.estimators.enumeration import Enumeration, enumeration
 from jaxestim.estimators.finite_difference import FiniteDifference, finite_difference
 from jaxestim.estimators.forward import ForwardGradient, forward_gradient
@@ -54,6 +55,7 @@ __all__ = [
     "REBAR",
     "RELAX",
     "Auto",
+    "DeltaMethod",
     "DisARM",
     "Enumeration",
     "FiniteDifference",
@@ -70,6 +72,7 @@ __all__ = [
     "StraightThrough",
     "arm",
     "auto",
+    "delta_method",
     "disarm",
     "enumeration",
     "finite_difference",
