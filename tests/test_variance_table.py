@@ -69,25 +69,14 @@ HEAVY_TAILED = frozenset(
 _FAMILY = {"square": 0, "exp": 1, "cos": 2}
 
 # ------------------------------------------------------------------ estimators under test
-# (name of the quad reference, estimator factory). The two rows after the marker need
-# estimators that are being added on other branches:
-# TEMPORARY GUARD (remove after merging `score_function(baseline="optimal")` and
-# `measure_valued`): skipped while `je.measure_valued` does not exist.
-_NEW = hasattr(je, "measure_valued")
-_PENDING = pytest.mark.skipif(not _NEW, reason="je.measure_valued not merged yet (temporary)")
+# (name of the quad reference, estimator factory)
 ESTIMATOR_TABLE = [
     pytest.param("score", lambda: je.score_function(), id="score_function"),
     pytest.param("pathwise", lambda: je.pathwise(), id="pathwise"),
-    # --- TEMPORARY GUARD: the marks below go away after the merge ---
     pytest.param(
-        "score_optimal",
-        lambda: je.score_function(baseline="optimal"),
-        id="score_function_optimal",
-        marks=_PENDING,
+        "score_optimal", lambda: je.score_function(baseline="optimal"), id="score_optimal"
     ),
-    pytest.param(
-        "measure_valued", lambda: je.measure_valued(), id="measure_valued", marks=_PENDING
-    ),
+    pytest.param("measure_valued", lambda: je.measure_valued(), id="measure_valued"),
 ]
 
 
