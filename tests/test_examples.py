@@ -64,3 +64,15 @@ def test_bayesian_logistic_regression(tmp_path):
         assert mv["mean var (mu)"] < 0.1 * sf["mean var (mu)"], res[when]
     assert res["start"]["pathwise"]["max SE"] < 1.0 and res["end"]["pathwise"]["max SE"] < 0.3
     assert res["ELBO end"] > res["ELBO start"] + 50  # exact ELBO: -134 -> about -30
+
+
+def test_inventory(tmp_path):
+    res = run("inventory", tmp_path)
+    for name in ("stochastic_ad", "score_function (LOO)"):
+        r = res[name]
+        assert abs(r["z"]) < 5 and r["SE"] < 0.3, (name, r)  # exact dJ/dp = 6.55
+    assert res["stochastic_ad"]["per-sample var"] < res["score_function (LOO)"]["per-sample var"]
+    assert res["pathwise"].startswith("EstimatorError")  # Poisson demand: no silent zero
+    # Adam + stochastic_ad moves the price from 1.5 towards the exact optimum (2.85)
+    assert res["J after training exact"] > res["J(1.5) exact"] + 2.5
+    assert abs(res["price after training"] - res["best price (grid)"]) < 0.6
