@@ -69,7 +69,6 @@ exclude_patterns = [
     ".DS_Store",
     "**.ipynb_checkpoints",
     "_ext",
-    "gallery/_examples_list.md",
 ]
 source_suffix = {".rst": "restructuredtext", ".md": "myst-nb", ".ipynb": "myst-nb"}
 root_doc = "index"
@@ -132,23 +131,50 @@ def _copy_notebooks() -> None:
 _copy_notebooks()
 
 
-# The example scripts in examples/ (one per file, module docstring first line = title) are
-# listed on the gallery page; the list is regenerated on each build.
-def _list_examples() -> None:
+# The example scripts in examples/: one generated page each (gallery/examples/NAME.md): the
+# module docstring (problem statement, exact reference, what is compared), the figure and the
+# printed results of the committed full-size run (examples/figures/NAME.png / NAME.txt, made
+# by `python examples/NAME.py --out examples/figures`), and how to run it. Regenerated on each
+# build, so a new script appears without editing the docs.
+def _example_pages() -> None:
     import ast
+    import shutil
 
-    lines = []
+    target = DOCS / "gallery" / "examples"
+    target.mkdir(parents=True, exist_ok=True)
+    figures = ROOT / "examples" / "figures"
     for path in sorted((ROOT / "examples").glob("[!_]*.py")):
-        doc = ast.get_docstring(ast.parse(path.read_text(encoding="utf-8"))) or path.stem
-        title = doc.strip().split("\n")[0].rstrip(".")
-        lines.append(f"* **{title}** — `examples/{path.name}`")
-    text = "\n".join(lines) if lines else "(none yet)"
-    target = DOCS / "gallery" / "_examples_list.md"
-    if not target.exists() or target.read_text() != text + "\n":
-        target.write_text(text + "\n")
+        name = path.stem
+        doc = ast.get_docstring(ast.parse(path.read_text(encoding="utf-8"))) or name
+        title, _, body = doc.strip().partition("\n")
+        lines = [f"# {title.rstrip('.')}", "", body.strip(), ""]
+        png, txt = figures / f"{name}.png", figures / f"{name}.txt"
+        if png.exists():
+            shutil.copyfile(png, target / png.name)
+            lines += ["## Full-size run", "", f"```{{image}} {png.name}", f":alt: {title}"]
+            lines += ["```", ""]
+        if txt.exists():
+            lines += ["Printed results of that run:", "", "```text", txt.read_text().strip()]
+            lines += ["```", ""]
+        lines += [
+            "## Run it",
+            "",
+            "```bash",
+            f"python examples/{name}.py --out gallery-out        # full size",
+            f"python examples/{name}.py --fast --out gallery-out # the few-second version",
+            "```",
+            "",
+            f"The fast version runs in `make test` (`tests/test_examples.py::test_{name}`), which "
+            "checks the figures it reports against the exact or reference gradient.",
+            "",
+        ]
+        text = "\n".join(lines)
+        page = target / f"{name}.md"
+        if not page.exists() or page.read_text() != text:
+            page.write_text(text)
 
 
-_list_examples()
+_example_pages()
 
 # An undefined TeX macro is a MathJax error (red "merror" box that tests/test_docs.py
 # detects), not red text that passes unnoticed.
