@@ -9,6 +9,7 @@ full-size run, by hand), writes its figure(s) under ``out`` and returns the figu
 from __future__ import annotations
 
 import argparse
+import sys
 import time
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
@@ -27,9 +28,12 @@ def run_cli(main: Callable[..., dict[str, Any]], doc: str | None) -> None:
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
     results = main(fast=args.fast, out=out)
-    for name, value in results.items():
-        print(f"{name}: {value}")
-    print(f"done in {time.perf_counter() - t0:.1f} s; figures in {out}/")
+    lines = [f"{name}: {value}" for name, value in results.items()]
+    lines.append(f"({'fast' if args.fast else 'full size'}, {time.perf_counter() - t0:.0f} s)")
+    print("\n".join(lines))
+    script = Path(sys.argv[0]).stem
+    (out / f"{script}.txt").write_text("\n".join(lines) + "\n")
+    print(f"figures and results in {out}/")
 
 
 def progress(items: Iterable[T], total: int | None = None, desc: str = "") -> Iterator[T]:

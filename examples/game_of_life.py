@@ -153,7 +153,7 @@ def main(fast: bool, out: Path) -> dict:
         title=f"d/dp E[alive cells], {small_n}x{small_n} board, T={small_t}",
     )
     print(report)
-    figure(out, "game_of_life_small", report.plot())
+    figure(out, "game_of_life", report.plot())
     res = {"small_exact": exact_s, "small_fd_target": fd_target}
     for name, key in zip(estimators(), ("sad", "loo", "fd"), strict=True):
         res[f"small_{key}_mean"] = float(report[name].mean_flat[0])

@@ -30,6 +30,7 @@ from jaxestim.estimators import (
     GumbelRao,
     GumbelSoftmax,
     Pathwise,
+    PathwiseForward,
     ReinMax,
     ScoreFunction,
     StochasticAD,
@@ -52,7 +53,10 @@ from jaxestim.estimators import (
     stochastic_triple,
     straight_through,
 )
+from jaxestim.estimators.delta import DeltaMethod, delta_method
+from jaxestim.estimators.measure_valued import MeasureValued, measure_valued
 from jaxestim.estimators.relax import REBAR, RELAX, rebar, relax
+from jaxestim.perturbed import perturbed
 
 __version__ = "0.1.0"
 
@@ -63,6 +67,7 @@ __all__ = [
     "Auto",
     "CheckReport",
     "ComparisonReport",
+    "DeltaMethod",
     "DisARM",
     "Enumeration",
     "Estimator",
@@ -73,7 +78,9 @@ __all__ = [
     "GumbelRao",
     "GumbelSoftmax",
     "LoopKey",
+    "MeasureValued",
     "Pathwise",
+    "PathwiseForward",
     "Recommendation",
     "ReinMax",
     "ScoreFunction",
@@ -88,6 +95,7 @@ __all__ = [
     "compare",
     "cond",
     "cost",
+    "delta_method",
     "disarm",
     "distributions",
     "enumeration",
@@ -98,9 +106,11 @@ __all__ = [
     "grad_samples",
     "gumbel_rao",
     "gumbel_softmax",
+    "measure_valued",
     "new_log_weight",
     "new_weight",
     "pathwise",
+    "perturbed",
     "rebar",
     "reinforce",
     "reinmax",

@@ -92,6 +92,7 @@ _PASS_THROUGH = frozenset(
 )
 
 _PKG_DIR = os.path.dirname(os.path.abspath(__file__))
+_FOREIGN_FILE = os.path.join(_PKG_DIR, "distributions", "_foreign.py")
 _USER_FILES_IN_PKG = frozenset({"_gallery.py", "__main__.py"})
 _RANDOM_DIR = os.sep.join(("jax", "_src", "random"))
 _NN_DIR = os.sep.join(("jax", "_src", "nn"))
@@ -252,11 +253,15 @@ def _eqn_ctx(eqn: Any, parent: _Ctx) -> _Ctx:
             parent, random_fn=parent.random_fn or random_fn, in_nn=parent.in_nn or in_nn
         )
     entry, user = None, None
+    # frames of a numpyro sampler run by je.sample (inside jaxestim's foreign-distribution
+    # adapter) belong to the site, like jaxestim's own samplers
+    foreign = any(os.path.abspath(c.co_filename) == _FOREIGN_FILE for c in codes[u:])
     for j in range(u, len(codes)):
         c = codes[j]
         if not is_user_filename(c.co_filename):
             continue
-        if _is_library(c.co_filename):
+        if _is_library(c.co_filename) or foreign:
+            foreign = foreign and os.path.abspath(c.co_filename) != _FOREIGN_FILE
             entry = c
             continue
         user = j
@@ -716,7 +721,8 @@ def _describe(p: _Pending, severity: str) -> tuple[str, str]:
 def _handler(est: Estimator) -> Any:
     if est.site_level:
         return SurrogateHandler(est, num_samples=2)
-    return WholeProgramHandler(est.name)
+    make = getattr(est, "check_handler", None)  # a whole-program estimator's own site rules
+    return make() if make is not None else WholeProgramHandler(est.name, est)
 
 
 def check(

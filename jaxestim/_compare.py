@@ -211,6 +211,10 @@ UNBIASEDNESS: dict[str, tuple[bool, str]] = {
         "auto is unbiased (pathwise where reparameterizable, score function elsewhere)",
     ),
     "stochastic_ad": (True, "stochastic_ad is unbiased (no relaxation)"),
+    "delta_method": (
+        True,
+        "delta_method is unbiased (the Taylor control variate's expectation is exact)",
+    ),
     "disarm": (
         True,
         "disarm is unbiased (Bernoulli sites independent given θ; a dependence raises)",
@@ -223,6 +227,10 @@ UNBIASEDNESS: dict[str, tuple[bool, str]] = {
     ),
     "rebar": (True, "rebar is unbiased (its control variate is corrected exactly)"),
     "relax": (True, "relax is unbiased (its control variate is corrected exactly)"),
+    "measure_valued": (
+        True,
+        "measure_valued is unbiased (weak derivatives; unsupported sites raise)",
+    ),
     "finite_difference": (
         False,
         "finite_difference is biased: O(h²) for central, O(h) for one-sided differences",

@@ -64,7 +64,7 @@ from jaxestim import _validation
 from jaxestim._errors import EstimatorError
 from jaxestim._estimator import Estimator
 from jaxestim._util import check_key, concrete
-from jaxestim.distributions import Distribution
+from jaxestim.distributions import Distribution, _foreign
 from jaxestim.distributions._base import RandomStream, _canonical_sample_shape
 
 _LOCAL = threading.local()
@@ -277,7 +277,16 @@ def sample(
         random numbers and of the StochasticAD-style estimator). A key may reach only one
         site per run of the program, and a site in a loop body needs a per-iteration key
         (otherwise :class:`EstimatorError` under a transform; see the module docs).
-      dist: a :mod:`jaxestim.distributions` distribution.
+      dist: a :mod:`jaxestim.distributions` distribution, or a numpyro distribution (the
+        optional ``interop`` extra), used through its ``sample`` / ``rsample`` / ``log_prob``
+        only: :func:`pathwise` (where ``has_rsample``), :func:`score_function`, :func:`auto`,
+        :func:`finite_difference` (common random numbers: continuous reparameterized sites
+        only) and :func:`forward_gradient` work with it; estimators that need jaxestim's
+        inverse-CDF coupling or family structure (:func:`stochastic_ad`, DisARM/ARM,
+        enumeration, the relaxations, REBAR/RELAX, :func:`measure_valued`) raise
+        :class:`EstimatorError` at trace time naming the jaxestim family to use instead
+        (e.g. numpyro ``Poisson`` -> :class:`jaxestim.distributions.Poisson`). Discrete
+        numpyro draws keep numpyro's integer dtype.
       sample_shape: leading shape of i.i.d. draws.
       estimator: optional per-site override of the transform's estimator. Valid overrides
         are the site-level estimators (:func:`pathwise`, :func:`score_function`,
@@ -301,10 +310,18 @@ def sample(
     if loop_key is None:
         check_key(key, "je.sample")
     if not isinstance(dist, Distribution):
-        raise TypeError(
-            f"je.sample: `dist` must be a jaxestim.distributions.Distribution, got "
-            f"{type(dist).__name__}"
-        )
+        if not _foreign.is_foreign(dist):
+            raise TypeError(
+                f"je.sample: `dist` must be a jaxestim.distributions.Distribution or a numpyro "
+                f"distribution, got {type(dist).__name__}"
+                + (
+                    " (distrax / TensorFlow Probability distributions are not supported: use "
+                    "the jaxestim.distributions family of the same name)"
+                    if _foreign.looks_like_distribution(dist)
+                    else ""
+                )
+            )
+        dist = _foreign.ForeignDistribution(dist)
     shape = _canonical_sample_shape(sample_shape)
     _validation.check_site(dist)  # checkify checks of the parameters under validate=True
     if estimator is not None:
@@ -318,6 +335,8 @@ def sample(
     handler = current_handler()
     if handler is not None:
         handler.note_key(key)
+        if isinstance(dist, _foreign.ForeignDistribution):
+            _foreign.check_foreign_site(handler, dist, estimator)
     if loop_key is not None:
         key = loop_key._stream()
     if handler is None:
@@ -961,9 +980,10 @@ class WholeProgramHandler(Handler):
 
     needs_bounded_loops = False
 
-    def __init__(self, name: str):
+    def __init__(self, name: str, estimator: Estimator | None = None):
         super().__init__()
         self.name = name
+        self.estimator = estimator  # consulted at foreign (numpyro) sites
 
     def sample(self, key, dist, sample_shape, estimator, mask):
         reject_override(self.name, estimator)

@@ -539,6 +539,7 @@ class _SiteProgram(NamedTuple):
     groups: list
     boundary: bool
     site_baselines: frozenset = frozenset()
+    records: frozenset = frozenset()  # the keys of logp (groups and special records)
 
 
 def _enumerated(call3: Callable, num: int, k: jax.Array, d: tuple):
@@ -557,6 +558,16 @@ def _enumerated(call3: Callable, num: int, k: jax.Array, d: tuple):
     return jnp.sum(logp[ENUM_W] * f), logp, aux
 
 
+def _group_scores(f, logp, pullback, opt) -> list:
+    """Per-sample score vectors ``grad log p_g`` of the groups ``opt`` from the pullback
+    of ``(f, logp)`` (a unit cotangent on ``logp[g]``, zero elsewhere)."""
+    out = []
+    for i in opt:
+        ct = {j: (jnp.ones_like(v) if j == i else jnp.zeros_like(v)) for j, v in logp.items()}
+        out.append(pullback((jnp.zeros_like(f), ct))[0])
+    return out
+
+
 class _Run:
     """One trace of a transform: the program, its estimator and its fixed arguments."""
 
@@ -569,6 +580,7 @@ class _Run:
         # False once a site whose estimate is not differentiable again (straight-through,
         # Gumbel-softmax at a discrete site) has been traced.
         self.higher_order_ok = True
+        self.higher_order_reason: str | None = None
         self._program: _SiteProgram | None = None
 
     @property
@@ -581,14 +593,23 @@ class _Run:
         why = (
             "they are not derivatives of a differentiable surrogate of E[f]"
             if not self.est.site_level
+            else self.higher_order_reason
+            if self.higher_order_reason
             else "the program has a je.straight_through() or je.gumbel_softmax() discrete "
             "site, whose relaxed/straight-through derivatives are not unbiased to any order"
         )
+        fix = (
+            "Use je.score_function() with baseline None, a constant or 'leave_one_out' "
+            "(DiCE, unbiased higher derivatives) for higher derivatives."
+            if self.higher_order_reason
+            else "Use je.score_function() (DiCE, unbiased higher derivatives) or "
+            "je.pathwise() (or je.auto(), which combines them)."
+        )
         return (
-            f"je.{name}() estimates cannot be differentiated again ({why}); differentiating "
+            f"{getattr(self.est, 'display', f'je.{name}()')} estimates cannot be "
+            f"differentiated again ({why}); differentiating "
             f"them with an outer jax.grad / jax.jacfwd / jax.hessian / jax.jvp would silently "
-            f"give wrong higher derivatives. Use je.score_function() (DiCE, unbiased higher "
-            f"derivatives) or je.pathwise() (or je.auto(), which combines them)."
+            f"give wrong higher derivatives. {fix}"
         )
 
     def eval(self, key: jax.Array, diff: tuple) -> tuple[jax.Array, Any]:
@@ -624,6 +645,7 @@ class _Run:
                 list(shared["groups"]),
                 BOUNDARY in logp,
                 frozenset(shared.get("site_baselines", ())),
+                frozenset(logp),
             )
         return self._program
 
@@ -683,7 +705,7 @@ class _Run:
             s = s + (1.0 - magic_box(logp[i])) * b
         return s
 
-    def sample_grad(self, k, diff, total, loo, state):
+    def sample_grad(self, k, diff, total, loo, state, opt=(), opt_totals=None):
         """One sample's ``(grad, s, f, aux)`` for :func:`grad_samples`, under
         ``jax.vmap(..., axis_name=_SAMPLES)`` over the samples of a chunk (all samples when
         unchunked).
@@ -714,6 +736,8 @@ class _Run:
             lambda f, logp: self.combine(f, logp, groups, total, state), f, logp
         )
         (g,) = pullback(surrogate_vjp(jnp.ones_like(s)))
+        if opt:  # baseline="optimal": per-coordinate leave-one-out baselines
+            g = tree_add(g, self.optimal_correction(f, logp, pullback, opt, opt_totals))
         g = _nan_where(_invalid_count(logp) > 0, g)
         bt = _boundary_terms(logp)
         if bt is not None:
@@ -737,7 +761,84 @@ class _Run:
 
     def needs_total(self, keys, diff) -> bool:
         """Whether a leave-one-out baseline occurs (known from the program's one trace)."""
-        return any(isinstance(g.baseline, str) for g in self.program(keys[0], diff).groups)
+        return any(
+            isinstance(g.baseline, str) and g.baseline == "leave_one_out"
+            for g in self.program(keys[0], diff).groups
+        )
+
+    def optimal_groups(self, keys, diff) -> tuple[int, ...]:
+        """The score-function groups with ``baseline="optimal"`` (per-coordinate baselines
+        from per-sample score vectors, see :meth:`optimal_correction`)."""
+        prog = self.program(keys[0], diff)
+        opt = tuple(
+            i
+            for i, g in enumerate(prog.groups)
+            if isinstance(g.baseline, str) and g.baseline == "optimal"
+        )
+        if opt and prog.records & {ENUM_W, COST_S}:
+            what = "je.enumeration() sites" if ENUM_W in prog.records else "je.cost declarations"
+            raise EstimatorError(
+                f"je.score_function(baseline='optimal') cannot be combined with {what} "
+                f"(their surrogate weighs each site's score by a different objective); use "
+                f"baseline='leave_one_out' for these score-function sites"
+            )
+        return opt
+
+    def scores(self, k, diff, opt):
+        """One sample's ``(f, [grad log p_g for g in opt])`` (stop-gradient): one forward
+        and ``len(opt)`` reverse passes (the chunked totals of the optimal baseline)."""
+        prog = self.program(k, diff)
+        (f, logp), pullback = jax.vjp(lambda d: prog.call(k, d)[:2], diff)
+        return jax.lax.stop_gradient((f, _group_scores(f, logp, pullback, opt)))
+
+    def optimal_totals(self, keys, diff, opt):
+        """``[(sum_i f_i s_gi^2, sum_i s_gi^2) for g in opt]`` over all ``N`` samples
+        (elementwise over the parameter pytree): a separate pass for chunked runs."""
+
+        def fwd(kc):
+            f, sc = jax.vmap(lambda k: self.scores(k, diff, opt))(kc)
+            sums = [
+                (
+                    jax.tree_util.tree_map(lambda s: jnp.tensordot(f, s * s, 1), s_g),
+                    jax.tree_util.tree_map(lambda s: jnp.sum(s * s, 0), s_g),
+                )
+                for s_g in sc
+            ]
+            return sums, None
+
+        return self.psum(_scan_chunks(fwd, keys, self.chunk_size)[0])
+
+    def optimal_correction(self, f, logp, pullback, opt, totals):
+        """``-sum_g b_g (.) s_g`` for one sample, under ``vmap(axis_name=_SAMPLES)``.
+
+        ``s_g`` is the sample's score of group ``g`` (the pullback of a unit cotangent on
+        ``log p_g``: the same reverse pass as the gradient's, another cotangent),
+        ``b_gj = (T1_j - f s_gj^2) / (T2_j - s_gj^2)`` with ``T1 = sum_k f_k s_gk^2`` and
+        ``T2 = sum_k s_gk^2`` over all ``N`` samples (``totals``; None: psums over the
+        vmapped samples), i.e. ``sum_{k != i} f_k s_gkj^2 / sum_{k != i} s_gkj^2``, the
+        leave-one-out estimate of ``E[f s_j^2] / E[s_j^2]`` (0 where the other samples'
+        scores all vanish in coordinate ``j``).
+        """
+        fi = jax.lax.stop_gradient(f[0])
+        sc = jax.lax.stop_gradient(_group_scores(f, logp, pullback, opt))
+        if totals is None:
+            totals = [
+                (
+                    jax.tree_util.tree_map(lambda s: fi * s * s, s_g),
+                    jax.tree_util.tree_map(lambda s: s * s, s_g),
+                )
+                for s_g in sc
+            ]
+            totals = self.psum(jax.lax.psum(totals, _SAMPLES))
+
+        def term(s, t1, t2):
+            num = t1 - fi * s * s
+            den = t2 - s * s
+            ok = den > 0
+            return -jnp.where(ok, num / jnp.where(ok, den, 1.0), 0.0) * s
+
+        corr = [jax.tree_util.tree_map(term, s_g, *t) for s_g, t in zip(sc, totals, strict=True)]
+        return functools.reduce(tree_add, corr)
 
     def total(self, keys, diff):
         def fwd(kc):
@@ -766,16 +867,39 @@ class _Run:
             # (a psum across the samples, see sample_grad) and je.grad from the batched f.
             total = self.total(keys, diff)
 
-        if per_sample:
+        opt = self.optimal_groups(keys, diff)
+        opt_totals = None
+        if opt:
+            # per-sample score vectors are needed: the per-sample path (summed for
+            # je.grad), and for chunks a first pass for the all-sample sums
+            self.higher_order_ok = False
+            self.higher_order_reason = (
+                "score_function(baseline='optimal') adds a per-coordinate baseline term "
+                "that is only a first-order correction"
+            )
+            if chunked:
+                opt_totals = self.optimal_totals(keys, diff, opt)
+        if per_sample or opt:
 
             def fn(kc):
                 g, s, f, aux = jax.vmap(
-                    lambda k: self.sample_grad(k, diff, total, loo, state), axis_name=_SAMPLES
+                    lambda k: self.sample_grad(k, diff, total, loo, state, opt, opt_totals),
+                    axis_name=_SAMPLES,
                 )(kc)
+                if not per_sample:  # je.grad / value_and_grad: sum the chunk's gradients
+                    return (jnp.sum(s), jax.tree_util.tree_map(lambda x: jnp.sum(x, 0), g)), (
+                        f,
+                        aux,
+                    )
                 return jnp.sum(s), (g, f, aux)
 
-            ssum, (grads, f, aux) = _scan_chunks(fn, keys, self.chunk_size)
-            ssum = self.psum(ssum)
+            if per_sample:
+                ssum, (grads, f, aux) = _scan_chunks(fn, keys, self.chunk_size)
+                ssum = self.psum(ssum)
+            else:
+                (ssum, gsum), (f, aux) = _scan_chunks(fn, keys, self.chunk_size)
+                ssum, gsum = self.psum((ssum, gsum))
+                grads = tree_scale(gsum, 1.0 / n)
         else:
 
             def fn(kc):
@@ -814,7 +938,7 @@ class _Run:
         stateful = est.has_state
 
         def plain(k, th):
-            with WholeProgramHandler(est.name):
+            with WholeProgramHandler(est.name, est):
                 return self.eval(k, unravel(th))
 
         plain = _Once(plain)
@@ -928,7 +1052,9 @@ _COMMON_DOC = """
     including the value of :func:`value_and_grad`, whose derivative is the estimator's
     gradient. Estimates of :func:`jaxestim.straight_through`,
     :func:`jaxestim.gumbel_softmax` (at discrete sites, also as per-site overrides),
-    :func:`jaxestim.finite_difference` and :func:`jaxestim.stochastic_ad` raise
+    :func:`jaxestim.finite_difference`, :func:`jaxestim.stochastic_ad`,
+    ``je.score_function(baseline="optimal")`` and ``je.score_function(control_variate=
+    "delta")`` (first-order control variates) raise
     :class:`jaxestim.EstimatorError` at trace time when differentiated again (their
     derivatives would be silently biased); first-order use, ``jax.jit`` and ``jax.vmap``
     are unaffected. Cost of a second derivative: about one more forward-over-reverse pass.

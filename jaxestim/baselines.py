@@ -11,6 +11,14 @@ since ``E[grad log p(x; theta)] = 0``, and lowers its variance when ``b`` is clo
   the mean of the *other* samples (Kool et al., 2019, "Buy 4 REINFORCE samples, get a
   baseline for free!"). Unbiased because ``b_i`` is independent of sample ``i``; needs
   ``num_samples >= 2``.
+* ``"optimal"`` -- a per-coordinate baseline: for parameter coordinate ``j``,
+  ``b_ij = sum_{k != i} f_k s_kj^2 / sum_{k != i} s_kj^2`` with ``s_k = grad log p(x_k)``,
+  the leave-one-out estimate of the variance-minimizing constant
+  ``b_j* = E[f s_j^2] / E[s_j^2]``; the estimate is ``(f_i - b_i) (.) s_i`` elementwise.
+  Unbiased (``b_i`` is independent of sample ``i``); needs ``num_samples >= 2`` and
+  materializes per-sample score vectors (``O(N P)`` work, ``O(C P)`` memory); first-order
+  only (an outer derivative raises ``EstimatorError``). See
+  :class:`jaxestim.estimators.score_function.ScoreFunction`.
 * :class:`MovingAverage` -- an exponential moving average of past batch means of ``f``,
   carried as explicit state (no hidden globals), so a jitted optax step can thread it.
 """

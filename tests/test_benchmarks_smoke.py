@@ -110,3 +110,12 @@ def test_quick_discrete_vae_benchmark(tmp_path):
     assert "| straight-through | 2 | 2 | " in text
     assert "failed:" not in text
     assert png.stat().st_size > 0
+
+
+def test_variance_table_prints_exact_and_empirical_tables():
+    """``benchmarks/variance_table.py``: the quad table (paper's (x - 3)^2 row) and the
+    empirical table of the jaxestim estimators that exist (tiny N: no accuracy claim)."""
+    text = run_script("variance_table.py", "--num-samples", "1000").stdout
+    assert "| `(x - 3)^2` | 87.0 | 346 | 38.0 | 184 | 4.00 | 24.0 | 4.37 | 20.0 |" in text
+    assert "### Empirical per-sample variance, jaxestim, N = 1000" in text
+    assert "* `pathwise`: largest relative deviation" in text

@@ -42,6 +42,43 @@ def test_every_example_is_tested():
     assert names and names == tested, names - tested
 
 
+def test_policy_gradient(tmp_path):
+    res = run("policy_gradient", tmp_path)
+    # every unbiased estimator agrees with the exact (dynamic-programming) policy gradient on
+    # all 64 coordinates, at a standard error small against |grad J| = 0.02
+    for name in res["unbiased"]:
+        assert res[name]["max |z|"] < 5 and res[name]["max SE"] < 0.01, (name, res[name])
+    # the relaxations are biased here: Gumbel-softmax's mean is far from the exact gradient
+    assert res["gumbel_softmax (τ=0.5)"]["max |z|"] > 10
+    # training with REINFORCE + leave-one-out improves the exact expected return
+    assert res["J after training (REINFORCE + LOO)"] > res["J(theta0) exact"] + 0.15
+
+
+def test_bayesian_logistic_regression(tmp_path):
+    res = run("bayesian_logistic_regression", tmp_path)
+    for when in ("start", "end"):
+        for name, r in res[when].items():
+            # every estimator within 5 SE of the quadrature gradient on all 62 coordinates
+            assert r["max |z|"] < 5, (when, name, r)
+        # the score function is the noisiest; measure-valued is far below it (Mohamed et al.)
+        sf, mv = res[when]["score_function (LOO)"], res[when]["measure_valued (coupled)"]
+        assert mv["mean var (mu)"] < 0.1 * sf["mean var (mu)"], res[when]
+    assert res["start"]["pathwise"]["max SE"] < 1.0 and res["end"]["pathwise"]["max SE"] < 0.3
+    assert res["ELBO end"] > res["ELBO start"] + 50  # exact ELBO: -134 -> about -30
+
+
+def test_inventory(tmp_path):
+    res = run("inventory", tmp_path)
+    for name in ("stochastic_ad", "score_function (LOO)"):
+        r = res[name]
+        assert abs(r["z"]) < 5 and r["SE"] < 0.3, (name, r)  # exact dJ/dp = 6.55
+    assert res["stochastic_ad"]["per-sample var"] < res["score_function (LOO)"]["per-sample var"]
+    assert res["pathwise"].startswith("EstimatorError")  # Poisson demand: no silent zero
+    # Adam + stochastic_ad moves the price from 1.5 towards the exact optimum (2.85)
+    assert res["J after training exact"] > res["J(1.5) exact"] + 2.5
+    assert abs(res["price after training"] - res["best price (grid)"]) < 0.6
+
+
 def _within(mean, se, exact, se_max, z=5.0):
     """|mean - exact| < z SE coordinatewise, with every SE below its bound (the check has power)."""
     mean, se, exact = (np.asarray(v, np.float64) for v in (mean, se, exact))

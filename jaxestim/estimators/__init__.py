@@ -14,7 +14,8 @@ Two kinds exist:
   alternatives of its discrete draws); they take no per-site overrides:
   :mod:`~jaxestim.estimators.finite_difference`,
   :mod:`~jaxestim.estimators.stochastic_ad`, :mod:`~jaxestim.estimators.arm` (DisARM, ARM) and
-  :mod:`~jaxestim.estimators.relax` (REBAR / RELAX control variates, learned as state).
+  :mod:`~jaxestim.estimators.relax` (REBAR / RELAX control variates, learned as state) and
+  :mod:`~jaxestim.estimators.measure_valued` (measure-valued derivatives).
 
 The base class is :class:`jaxestim.Estimator` (``jaxestim/_estimator.py``); the surrogate
 handler that runs the site-level ones is in ``jaxestim/_surrogate.py``. Every public name
@@ -23,10 +24,12 @@ is re-exported from :mod:`jaxestim`.
 
 from jaxestim.estimators.arm import ARM, DisARM, arm, disarm
 from jaxestim.estimators.auto import Auto, auto
+from jaxestim.estimators.delta import DeltaMethod, delta_method
 from jaxestim.estimators.enumeration import Enumeration, enumeration
 from jaxestim.estimators.finite_difference import FiniteDifference, finite_difference
 from jaxestim.estimators.forward import ForwardGradient, forward_gradient
-from jaxestim.estimators.pathwise import Pathwise, pathwise
+from jaxestim.estimators.measure_valued import MeasureValued, measure_valued
+from jaxestim.estimators.pathwise import Pathwise, PathwiseForward, pathwise
 from jaxestim.estimators.relax import REBAR, RELAX, rebar, relax
 from jaxestim.estimators.relaxations import (
     GumbelRao,
@@ -52,13 +55,16 @@ __all__ = [
     "REBAR",
     "RELAX",
     "Auto",
+    "DeltaMethod",
     "DisARM",
     "Enumeration",
     "FiniteDifference",
     "ForwardGradient",
     "GumbelRao",
     "GumbelSoftmax",
+    "MeasureValued",
     "Pathwise",
+    "PathwiseForward",
     "ReinMax",
     "ScoreFunction",
     "StochasticAD",
@@ -66,12 +72,14 @@ __all__ = [
     "StraightThrough",
     "arm",
     "auto",
+    "delta_method",
     "disarm",
     "enumeration",
     "finite_difference",
     "forward_gradient",
     "gumbel_rao",
     "gumbel_softmax",
+    "measure_valued",
     "pathwise",
     "rebar",
     "reinforce",

@@ -81,7 +81,7 @@ class FiniteDifference(Estimator):
         n = dirs.shape[0]
 
         def prog(k: jax.Array, th: jax.Array) -> tuple[jax.Array, Any]:
-            with WholeProgramHandler(self.name):
+            with WholeProgramHandler(self.name, self):
                 return call(k, th)
 
         if self.scheme == "complex":

@@ -34,19 +34,31 @@ COMPLEX_SITES = (Normal, Laplace, Logistic, Cauchy)
 
 
 class _PathwiseOnlyHandler(WholeProgramHandler):
-    """Reparameterized sampling at every site; discrete / non-reparameterized sites raise."""
+    """Reparameterized sampling at every site; discrete / non-reparameterized sites raise.
+
+    ``label`` and ``suggest`` word the error (defaults: :func:`jaxestim.forward_gradient`'s).
+    """
+
+    def __init__(
+        self,
+        name: str,
+        label: str = "je.forward_gradient()",
+        suggest: str = "je.stochastic_ad() (forward mode, directions='random' for the same "
+        "random-direction estimator) or je.score_function()",
+    ):
+        super().__init__(name)
+        self.label, self.suggest = label, suggest
 
     def sample(self, key, dist, sample_shape, estimator, mask):
         reject_override(self.name, estimator)
         if dist.is_discrete or not dist.is_reparameterized:
             raise site_error(
-                "je.forward_gradient()",
+                self.label,
                 dist,
                 "it differentiates the program with forward-mode autodiff (pathwise at each "
                 "site), and a discrete sample has no derivative (the estimate would silently "
                 "miss its contribution)",
-                "je.stochastic_ad() (forward mode, directions='random' for the same "
-                "random-direction estimator) or je.score_function()",
+                self.suggest,
             )
         return dist.rsample(key, sample_shape)
 
@@ -210,6 +222,10 @@ class ForwardGradient(Estimator):
             raise ValueError(
                 f"forward_gradient: `num_directions` must be a positive int, got {k!r}"
             )
+
+    def check_handler(self) -> _PathwiseOnlyHandler:
+        """The sample-site handler of one run (reparameterized sites; discrete ones raise)."""
+        return _PathwiseOnlyHandler(self.name)
 
     def per_sample(self, call, key, theta):
         """``(value, gradient estimate, aux)`` for one sample; ``call(key, theta_flat)``."""

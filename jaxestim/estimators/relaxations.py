@@ -165,9 +165,9 @@ class GumbelRao(Estimator):
     Gumbel-softmax's Jacobian averaged over ``K`` draws of the noise *given* ``D``:
 
     .. math::
-        y = D + ar s - \mathrm{sg}(ar s), \qquad
-        ar s = rac1K \sum_{k=1}^K \mathrm{softmax}ig((l + \mathrm{sg}(G^{(k)}))/	auig),
-        \quad G^{(k)} \sim p(G \mid rg\max(l + G) = D)
+        y = D + \bar s - \mathrm{sg}(\bar s), \qquad
+        \bar s = \frac1K \sum_{k=1}^K \mathrm{softmax}\big((l + \mathrm{sg}(G^{(k)}))/\tau\big),
+        \quad G^{(k)} \sim p(G \mid \arg\max(l + G) = D)
 
     (the derivative is taken through ``l`` only, with each ``G^{(k)}`` held fixed). The
     conditional draws use the top-down construction (:func:`conditional_gumbel`).
@@ -265,9 +265,9 @@ class ReinMax(Estimator):
     fixed) the backward pass is
 
     .. math::
-        rac{\partial y}{\partial 	heta}^{	op} g
-          = 2\, J(\pi_1)\, g - 	frac12\, J(\pi_0)\, g,
-        \qquad J(\pi) = \mathrm{diag}(\pi) - \pi \pi^{	op},
+        \frac{\partial y}{\partial \theta}^{\top} g
+          = 2\, J(\pi_1)\, g - \tfrac12\, J(\pi_0)\, g,
+        \qquad J(\pi) = \mathrm{diag}(\pi) - \pi \pi^{\top},
 
     i.e. the algorithm's ``pi_2 = 2 softmax(sg(log pi_1 - theta) + theta) - pi_0 / 2`` and
     ``y = D + pi_2 - sg(pi_2)`` (implemented through the Jacobians, so no ``log 0``). This
