@@ -28,12 +28,32 @@ def run_cli(main: Callable[..., dict[str, Any]], doc: str | None) -> None:
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
     results = main(fast=args.fast, out=out)
-    lines = [f"{name}: {value}" for name, value in results.items()]
+    lines = format_results(results)
     lines.append(f"({'fast' if args.fast else 'full size'}, {time.perf_counter() - t0:.0f} s)")
     print("\n".join(lines))
     script = Path(sys.argv[0]).stem
     (out / f"{script}.txt").write_text("\n".join(lines) + "\n")
     print(f"figures and results in {out}/")
+
+
+def _fmt(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:.6g}"
+    if isinstance(value, list | tuple):
+        return "[" + ", ".join(_fmt(v) for v in value) + "]"
+    return str(value)
+
+
+def format_results(results: dict[str, Any], indent: str = "") -> list[str]:
+    """One line per result (floats to 6 significant digits), nested dicts indented."""
+    lines = []
+    for name, value in results.items():
+        if isinstance(value, dict):
+            lines.append(f"{indent}{name}:")
+            lines += format_results(value, indent + "    ")
+        else:
+            lines.append(f"{indent}{name}: {_fmt(value)}")
+    return lines
 
 
 def progress(items: Iterable[T], total: int | None = None, desc: str = "") -> Iterator[T]:
