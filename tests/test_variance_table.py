@@ -14,8 +14,9 @@ cells whose exact relative SE at ``N = 10^6`` is at most 0.7 % (>= 4.3 SE); the 
 relative SE (from the samples' 4th moment) is asserted below 0.75 % there. Twelve cells are
 too heavy-tailed for that at ``N = 10^6`` (listed in ``HEAVY_TAILED``; the score function's
 ``g`` for ``(x - k)^2`` is a degree-3 / degree-4 polynomial of a Gaussian, kurtosis up to
-~640): for them the tolerance is 4.3 times their exact relative SE (4.4 % to 10.9 %), the
-same z as 3 % / 0.7 %; the list is asserted to equal the computed set.
+~640; exact relative SE 1.0 % to 2.5 %): they are held to the same 3 % (with the fixed keys
+their largest deviation is 1.75 %), which there is fewer than 4.3 standard errors, so a
+different key could miss it; the list is asserted to equal the computed set.
 """
 
 from __future__ import annotations
@@ -44,7 +45,6 @@ N = 10**6
 TOL = 0.03  # relative tolerance of an empirical variance where its relative SE <= 0.7 %
 REL_SE_MAX = 0.007  # exact relative SE at N above which a cell is "heavy-tailed"
 REL_SE_EMP_MAX = 0.0075  # bound on the empirical relative SE (the "~0.7 %" of the design)
-Z = TOL / REL_SE_MAX  # ~4.3 standard errors
 
 # (estimator, cost label, coordinate) whose exact relative SE at N = 10^6 exceeds 0.7 %
 HEAVY_TAILED = frozenset(
@@ -105,7 +105,8 @@ def _check(estimator: str, cost: Cost, samples: np.ndarray, failures: list[str])
             continue
         heavy = (estimator, cost.label, coord) in HEAVY_TAILED
         assert heavy == (rse_ref[j] > REL_SE_MAX), (cell, rse_ref[j], "update HEAVY_TAILED")
-        tol = Z * rse_ref[j] if heavy else TOL
+        # the issue's 3 % everywhere; in the heavy-tailed cells 3 % is also within 4.3 SE
+        tol = TOL
         if not heavy and rse[j] >= REL_SE_EMP_MAX:
             failures.append(f"{cell}: empirical relative SE {rse[j]:.2%} >= {REL_SE_EMP_MAX:.2%}")
         if heavy and rse[j] >= 0.03:
@@ -166,7 +167,7 @@ def _program(key, theta, family, k):
 def test_empirical_variance(estimator, factory):
     """N = 10^6 per-sample gradients from ``je.grad_samples`` per cost (one compiled program,
     the cost a traced argument): unbiased, and the per-sample variance matches the quad
-    reference (3 %, or 4.3 exact relative SEs in the HEAVY_TAILED cells)."""
+    reference within 3 % (see the module docstring for the heavy-tailed cells)."""
     run = jax.jit(je.grad_samples(_program, factory(), num_samples=N))
     theta = jnp.array([1.0, 1.0])
     failures: list[str] = []
