@@ -38,7 +38,7 @@ docs-fast: $(STAMP)
 		docs docs/_build/html
 
 test: lint docs
-	$(PY) -m pytest -n 2 -q
+	$(PY) -m pytest -n 2 --dist worksteal -q
 
 bench: $(STAMP)
 	$(PY) benchmarks/run.py
