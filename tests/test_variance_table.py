@@ -16,7 +16,8 @@ too heavy-tailed for that at ``N = 10^6`` (listed in ``HEAVY_TAILED``; the score
 ``g`` for ``(x - k)^2`` is a degree-3 / degree-4 polynomial of a Gaussian, kurtosis up to
 ~640; exact relative SE 1.0 % to 2.5 %): they are held to the same 3 % (with the fixed keys
 their largest deviation is 1.75 %), which there is fewer than 4.3 standard errors, so a
-different key could miss it; the list is asserted to equal the computed set.
+different key could miss it; the list is asserted to equal the computed set. The NumPy Monte
+Carlo cross-check of the references (its own draws) uses 4.3 exact relative SEs there.
 """
 
 from __future__ import annotations
@@ -45,6 +46,7 @@ N = 10**6
 TOL = 0.03  # relative tolerance of an empirical variance where its relative SE <= 0.7 %
 REL_SE_MAX = 0.007  # exact relative SE at N above which a cell is "heavy-tailed"
 REL_SE_EMP_MAX = 0.0075  # bound on the empirical relative SE (the "~0.7 %" of the design)
+Z = TOL / REL_SE_MAX  # ~4.3 standard errors
 
 # (estimator, cost label, coordinate) whose exact relative SE at N = 10^6 exceeds 0.7 %
 HEAVY_TAILED = frozenset(
@@ -91,7 +93,9 @@ def _reference(label: str, estimator: str) -> tuple[np.ndarray, np.ndarray, np.n
     )
 
 
-def _check(estimator: str, cost: Cost, samples: np.ndarray, failures: list[str]) -> None:
+def _check(
+    estimator: str, cost: Cost, samples: np.ndarray, failures: list[str], z_heavy: bool = False
+) -> None:
     """Compare the empirical per-sample variance of (mu, sigma) with the quad reference."""
     grad, v_ref, rse_ref = _reference(cost.label, estimator)
     assert samples.shape == (N, 2), (estimator, cost.label, samples.shape)
@@ -105,8 +109,10 @@ def _check(estimator: str, cost: Cost, samples: np.ndarray, failures: list[str])
             continue
         heavy = (estimator, cost.label, coord) in HEAVY_TAILED
         assert heavy == (rse_ref[j] > REL_SE_MAX), (cell, rse_ref[j], "update HEAVY_TAILED")
-        # the issue's 3 % everywhere; in the heavy-tailed cells 3 % is also within 4.3 SE
-        tol = TOL
+        # jaxestim's estimators: the issue's 3 % in every cell. The NumPy cross-check of the
+        # references (z_heavy): 4.3 exact relative SEs in the heavy-tailed cells, where 3 % is
+        # fewer than 4.3 standard errors (its own draws are not the fixed-key jaxestim ones)
+        tol = Z * rse_ref[j] if (heavy and z_heavy) else TOL
         if not heavy and rse[j] >= REL_SE_EMP_MAX:
             failures.append(f"{cell}: empirical relative SE {rse[j]:.2%} >= {REL_SE_EMP_MAX:.2%}")
         if heavy and rse[j] >= 0.03:
@@ -148,7 +154,7 @@ def test_reference_matches_numpy_monte_carlo(estimator):
     rng = np.random.default_rng(20200601 + ESTIMATORS.index(estimator))
     failures: list[str] = []
     for cost in COSTS:
-        _check(estimator, cost, mc_samples(cost, estimator, rng, N), failures)
+        _check(estimator, cost, mc_samples(cost, estimator, rng, N), failures, z_heavy=True)
     assert not failures, "\n".join(failures)
 
 
