@@ -28,7 +28,7 @@ format: $(STAMP)
 # name or failing executed example fails the build (see docs/conf.py). The executed examples
 # compile with XLA's backend optimizations off, as the tests do (tests/conftest.py).
 DOCS_ENV := JAX_PLATFORMS=cpu \
-	XLA_FLAGS="--xla_backend_optimization_level=0 --xla_llvm_disable_expensive_passes=true"
+	XLA_FLAGS="--xla_backend_optimization_level=0 --xla_llvm_disable_expensive_passes=true --xla_cpu_use_fusion_emitters=false"
 docs: $(STAMP)
 	$(DOCS_ENV) $(PY) -m sphinx -E -W --keep-going -n -q -b html docs docs/_build/html
 
