@@ -152,6 +152,10 @@ def devices() -> dict:
     for name in ("sf_loo", "sad_reverse"):
         check(name, "value_and_grad", ests[name])
         gs = check(name, "grad_samples", ests[name])
+    # the optimal per-coordinate baseline: its leave-one-out sums over all N samples are psums
+    sf_opt = je.score_function("optimal")
+    check("sf_opt", "grad", sf_opt, chunk=2)
+    check("sf_opt", "grad_samples", sf_opt)
     # replicated gradient, sharded per-sample gradients
     g = check("sf_loo", "grad", ests["sf_loo"], fun=f_loop, jit=True)
     out["grad_replicated"] = bool(g["mu"].sharding.is_fully_replicated)
