@@ -63,7 +63,15 @@ def test_bayesian_logistic_regression(tmp_path):
         # the score function is the noisiest; measure-valued is far below it (Mohamed et al.)
         sf, mv = res[when]["score_function (LOO)"], res[when]["measure_valued (coupled)"]
         assert mv["mean var (mu)"] < 0.1 * sf["mean var (mu)"], res[when]
-    assert res["start"]["pathwise"]["max SE"] < 1.0 and res["end"]["pathwise"]["max SE"] < 0.3
+    # a bound on every estimator's standard error, so the 5 SE checks above can fail
+    # (fast mode measures 0.50 / 5.8 / 0.89 at the start, 0.11 / 0.45 / 0.11 at the end)
+    se_max = {
+        "start": {"pathwise": 1.0, "score_function (LOO)": 10.0, "measure_valued (coupled)": 1.5},
+        "end": {"pathwise": 0.3, "score_function (LOO)": 0.8, "measure_valued (coupled)": 0.2},
+    }
+    for when, bounds in se_max.items():
+        for name, bound in bounds.items():
+            assert res[when][name]["max SE"] < bound, (when, name, res[when][name])
     assert res["ELBO end"] > res["ELBO start"] + 50  # exact ELBO: -134 -> about -30
 
 
