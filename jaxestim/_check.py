@@ -9,7 +9,12 @@ happens when
   distribution's own ``.sample``) instead of :func:`jaxestim.sample`, with parameters that
   depend on the differentiated arguments, or
 * a pathwise or relaxed sample (or the parameters themselves) only feed comparisons,
-  ``argmax``, ``floor``/``round``/``sign`` or integer casts.
+  ``argmax``, ``floor``/``round``/``sign`` or integer casts, or
+* a pathwise or relaxed sample reaches the output only through ``stop_gradient`` (PyTorch's
+  ``sample()`` where ``rsample()`` was meant).
+
+It also reports a :func:`jaxestim.cost` declaration whose value the returned objective does
+not depend on: the objective then excludes the cost.
 
 :func:`check` traces the program once, under the estimator's own sample-site handler (so
 every ``je.sample`` site behaves as it does in :func:`jaxestim.grad`), and reports those
@@ -35,6 +40,16 @@ The rule (a dependence analysis on the program's jaxpr):
    **warning** when the operand also reaches the output differentiably (then the gradient
    is right only if the output is continuous where the comparison flips, e.g.
    ``jnp.where(x > 0, x, 0.0)``).
+4. ``stop_gradient`` is reported (an error) when its operand descends from a ``je.sample``
+   site that carries a tangent (pathwise, straight-through, relaxed) and neither the
+   operand nor any sample-derived value it is computed from is differentiably live: the
+   sample's whole dependence on the parameters is dropped. Constructions that keep it
+   (``x - stop_gradient(x)``, ``s + stop_gradient(h - s)``), ``stop_gradient`` of the
+   parameters or of parameter-free noise, and score-function samples are not reported.
+5. ``je.cost``: the program is traced once more under plain sampling, with every
+   declaration marked, and a declaration is reported when its value (or the same
+   operations on the same inputs) is not live for the returned value (``aux`` does not
+   count). Declaring a cost never adds it to the objective.
 
 ``je.sample`` sites are library code: what happens inside a site (inverse-CDF sampling of a
 discrete site, which is stop-gradiented by design; ``jnp.where`` guards in log-densities;
@@ -52,12 +67,14 @@ invisible, and a traced ``bool(x > 0)`` fails to trace in the first place. The a
 structural, not numeric: a comparison whose outcome never actually flips, or a jump that
 cancels, is still reported, and the verdict is per operation, not a bound on the bias.
 :func:`jaxestim.finite_difference` never differentiates through the program, so nothing is
-reported for it.
+reported for it. The ``je.cost`` trace samples every site plainly; a program whose sites
+cannot run that way (numpyro sites) is not checked for costs.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import linecache
 import os
 import textwrap
@@ -71,7 +88,7 @@ from jax.extend import core as jcore
 from jaxestim import _handlers
 from jaxestim._errors import EstimatorError
 from jaxestim._estimator import Estimator
-from jaxestim._handlers import WholeProgramHandler
+from jaxestim._handlers import Handler, WholeProgramHandler
 from jaxestim._surrogate import SurrogateHandler
 from jaxestim._util import check_key, is_user_filename
 from jaxestim.estimators import Auto, FiniteDifference
@@ -119,9 +136,12 @@ class Finding:
     Attributes:
       kind: ``"comparison"``, ``"rounding"`` (floor/ceil/round/sign), ``"integer_cast"``,
         ``"argmax"``, ``"jax_random"`` (a ``jax.random`` draw with parameter-dependent
-        arguments) or ``"distribution_sample"`` (a distribution's ``.sample`` called outside
-        ``je.sample``).
-      primitive: the JAX primitive (``"gt"``, ``"floor"``, ``"convert_element_type"``, ...).
+        arguments), ``"distribution_sample"`` (a distribution's ``.sample`` called outside
+        ``je.sample``), ``"stop_gradient"`` (of a pathwise or relaxed sample, whose
+        dependence on the parameters is dropped) or ``"unused_cost"`` (a ``je.cost``
+        declaration the returned value does not depend on).
+      primitive: the JAX primitive (``"gt"``, ``"floor"``, ``"convert_element_type"``, ...;
+        ``"cost"`` for ``"unused_cost"``).
       source: ``"file:line (function)"`` of the user's code that created it.
       message: what happens to the gradient, in plain English.
       suggestion: which jaxestim estimator or construct to use instead.
@@ -199,7 +219,7 @@ class CheckReport:
 class _Ctx:
     """Origin of an equation: user code, inside a je.sample site, or other library code."""
 
-    where: str  # "user" | "site" | "dist_sample" | "library"
+    where: str  # "user" | "site" | "dist_sample" | "cost" | "library"
     source: str = "<unknown>"
     code: str = ""
     random_fn: str | None = None  # the jax.random function the user called, if any
@@ -276,6 +296,8 @@ def _eqn_ctx(eqn: Any, parent: _Ctx) -> _Ctx:
     name = entry.co_qualname
     if entry.co_name == "sample" and entry.co_filename == _handlers.sample.__code__.co_filename:
         return _Ctx("site", source, code, entry=name)
+    if entry.co_name == "cost" and entry.co_filename == _handlers.cost.__code__.co_filename:
+        return _Ctx("cost", source, code, entry=name)
     dist_dir = os.path.join(_PKG_DIR, "distributions")
     if entry.co_name == "sample" and os.path.abspath(entry.co_filename).startswith(dist_dir):
         return _Ctx("dist_sample", source, code, entry=name)
@@ -350,6 +372,10 @@ class _Analysis:
         self._ctx: dict[tuple[int, _Ctx], _Ctx] = {}
         self._keep: list[Any] = []
         self.findings: dict[tuple[str, str, str], Finding] = {}
+        # je.cost declarations marked by _CostProbe: id(eqn) -> (eqn, ctx); those whose
+        # declared value reaches the output
+        self.costs: dict[int, tuple[Any, _Ctx]] = {}
+        self.costs_used: set[int] = set()
 
     def ctx(self, eqn: Any, parent: _Ctx) -> _Ctx:
         key = (id(eqn), parent)
@@ -369,6 +395,8 @@ class _Analysis:
             env[v] = m
         for eqn in jaxpr.eqns:
             ectx = self.ctx(eqn, ctx)
+            if ectx.where == "cost" and eqn.primitive.name == "optimization_barrier":
+                self.costs[id(eqn)] = (eqn, ectx)
             ins = [env.get(v, 0) if _var(v) else 0 for v in eqn.invars]
             outs = self._eqn_forward(eqn, ins, ectx)
             for v, m in zip(eqn.outvars, outs, strict=True):
@@ -448,7 +476,10 @@ class _Analysis:
                 if dl and _is_float(v.aval):
                     dlive.add(v)
         pending: list[_Pending] = []
+        costs: list[Any] = []
         for eqn in reversed(jaxpr.eqns):
+            if id(eqn) in self.costs:
+                costs.append(eqn)
             ol = [v in live for v in eqn.outvars]
             if not any(ol):
                 continue
@@ -466,10 +497,14 @@ class _Analysis:
                 p = self._candidate(eqn, ins, ectx)
                 if p is not None:
                     pending.append(p)
+        defs = {v: e for e in jaxpr.eqns for v in e.outvars} if pending or costs else {}
+        for eqn in costs:  # the declared value is used (whether or not je.cost's return is),
+            (v,) = eqn.invars  # or recomputed by the same operations for what is used
+            if not _var(v) or v in live or any(_same(v, u, defs) for u in live):
+                self.costs_used.add(id(eqn))
         if pending:
-            defs = {v: e for e in jaxpr.eqns for v in e.outvars}
             for p in pending:
-                self._report(p, dlive, defs)
+                self._report(p, dlive, defs, env)
         return [v in live for v in jaxpr.invars], [v in dlive for v in jaxpr.invars]
 
     def _eqn_backward(
@@ -565,6 +600,8 @@ class _Analysis:
             kind = "argmax"
         elif name == "convert_element_type" and not _is_float(eqn.outvars[0].aval):
             kind = "integer_cast"
+        elif name == "stop_gradient" and any(m & _SITE for m in ins):
+            kind = "stop_gradient"
         else:
             kind = None
         if kind is None or (kind == "comparison" and _is_guard(eqn)):
@@ -574,8 +611,12 @@ class _Analysis:
         site = any(m & _SITE for m in ins)
         return _Pending(eqn, ctx, kind, ops, site)
 
-    def _report(self, p: _Pending, dlive: set[Any], defs: dict[Any, Any]) -> None:
+    def _report(
+        self, p: _Pending, dlive: set[Any], defs: dict[Any, Any], env: dict[Any, int]
+    ) -> None:
         severity = "error"
+        if p.kind == "stop_gradient" and _sample_kept(p.operands, dlive, defs, env):
+            return
         if p.kind in ("comparison", "rounding", "argmax", "integer_cast"):
             if any(_reaches(v, dlive, defs) for v in p.operands):
                 if p.ctx.in_nn:  # jax.nn's piecewise activations are continuous
@@ -611,6 +652,49 @@ def _is_guard(eqn: Any) -> bool:
             if val != val or val in (float("inf"), float("-inf")):
                 return True
     return False
+
+
+def _sample_kept(
+    operands: list[Any], dlive: set[Any], defs: dict[Any, Any], env: dict[Any, int]
+) -> bool:
+    """Whether a sample-derived value that ``operands`` are computed from (or an operand
+    itself) is differentiably live: then the stop-gradient only removes part of the
+    dependence on purpose (``x + stop_gradient(h - x)``, ``x - stop_gradient(x)``)."""
+    stack, seen = [v for v in operands if _var(v)], set()
+    while stack:
+        v = stack.pop()
+        if v in seen or not env.get(v, 0) & _SITE:
+            continue
+        if v in dlive:
+            return True
+        seen.add(v)
+        e = defs.get(v)
+        if e is not None and e.primitive.name not in _NO_TANGENT:
+            stack.extend(u for u in e.invars if _var(u))
+    return False
+
+
+def _same(a: Any, b: Any, defs: dict[Any, Any], depth: int = 8) -> bool:
+    """Whether ``a`` and ``b`` are computed by the same operations from the same inputs."""
+    if a is b:
+        return True
+    if isinstance(a, jcore.Literal) and isinstance(b, jcore.Literal):
+        return a.aval == b.aval and bool(jnp.all(jnp.asarray(a.val) == jnp.asarray(b.val)))
+    if depth == 0 or not (_var(a) and _var(b)):
+        return False
+    ea, eb = defs.get(a), defs.get(b)
+    if ea is None or eb is None or ea.primitive is not eb.primitive:
+        return False
+    if a.aval != b.aval or ea.outvars.index(a) != eb.outvars.index(b):
+        return False
+    try:
+        if ea.params != eb.params:
+            return False
+    except Exception:  # params without a usable equality
+        return False
+    return len(ea.invars) == len(eb.invars) and all(
+        _same(x, y, defs, depth - 1) for x, y in zip(ea.invars, eb.invars, strict=True)
+    )
 
 
 def _reaches(v: Any, dlive: set[Any], defs: dict[Any, Any]) -> bool:
@@ -662,6 +746,19 @@ def _describe(p: _Pending, severity: str) -> tuple[str, str]:
             "gradient through it is zero).",
             "Draw it with je.sample(key, dist) so the transform's estimator handles the site "
             "(e.g. je.score_function() or je.stochastic_ad()).",
+        )
+    if p.kind == "stop_gradient":
+        return (
+            "stop_gradient of a value computed from a je.sample site that the estimator "
+            "differentiates pathwise or through a relaxation: the sample's dependence on the "
+            "differentiated argument(s) is dropped, and the sample reaches the output only "
+            "through this operation, so the gradient ignores how it moves with them (like "
+            "PyTorch's sample() where rsample() was meant).",
+            "Use the sample directly (without stop_gradient) so that the pathwise gradient "
+            "includes it; if the dependence is meant to enter through the log-probability, "
+            "differentiate the site with the score function (je.sample(key, dist, "
+            "estimator=je.score_function('leave_one_out')), or je.score_function() for the "
+            "program).",
         )
     if p.kind == "comparison":
         what = (
@@ -718,6 +815,52 @@ def _describe(p: _Pending, severity: str) -> tuple[str, str]:
 # ----------------------------------------------------------------------------------------
 
 
+class _CostProbe(Handler):
+    """Plain sampling at every site; marks each :func:`jaxestim.cost` declaration with an
+    identity equation (``optimization_barrier``) that the analysis finds by its source."""
+
+    needs_bounded_loops = False
+    name = "check"
+
+    def sample(self, key, dist, sample_shape, estimator, mask):
+        return dist.sample(key, sample_shape)
+
+    def cost(self, value: jax.Array) -> jax.Array:
+        return jax.lax.optimization_barrier(value)
+
+
+def _unused_costs(trace: Callable[..., Any], key: jax.Array, diff: tuple) -> list[Finding]:
+    """A finding per ``je.cost`` line whose declared value does not reach the output."""
+    try:
+        jaxpr = jax.make_jaxpr(trace)(key, diff).jaxpr
+    except EstimatorError:  # a site this plain-sampling trace cannot run (numpyro's)
+        return []
+    analysis = _Analysis()
+    n_out = len(jaxpr.outvars)
+    analysis.backward(jaxpr, [0] * len(jaxpr.invars), _ROOT, [True] * n_out, [False] * n_out, False)
+    found: dict[str, Finding] = {}
+    for i, (_, ctx) in analysis.costs.items():
+        if i in analysis.costs_used or ctx.source in found:
+            continue
+        found[ctx.source] = Finding(
+            kind="unused_cost",
+            primitive="cost",
+            source=ctx.source,
+            message=(
+                "This je.cost declaration's value does not reach the value the program "
+                "returns, so the objective excludes the cost: its contribution to the "
+                "gradient is exactly zero (declaring a cost does not add it to the objective)."
+            ),
+            suggestion=(
+                "Return the total of the declared costs (plus any terminal terms), e.g. "
+                "accumulate je.cost(c_t) in the loop carry; drop the declaration if the cost "
+                "is not part of the objective."
+            ),
+            code=ctx.code,
+        )
+    return list(found.values())
+
+
 def _handler(est: Estimator) -> Any:
     if est.site_level:
         return SurrogateHandler(est, num_samples=2)
@@ -740,8 +883,11 @@ def check(
     dependent values that reach the output only through operations autodiff cannot
     differentiate: comparisons, ``floor``/``ceil``/``round``/``sign``, ``argmax``/``argmin``,
     casts to integer or boolean dtypes, ``jax.random`` draws whose parameters (not the key)
-    depend on the parameters, and a distribution's ``.sample`` called outside
-    ``je.sample``. Parameter-free noise (``theta + jax.random.normal(key)``) and everything
+    depend on the parameters, a distribution's ``.sample`` called outside ``je.sample``,
+    and ``stop_gradient`` of a pathwise or relaxed sample (its dependence on the parameters
+    is dropped). It also reports ``je.cost`` declarations whose value the returned value
+    does not depend on (the objective excludes the cost); this costs a second trace of the
+    program. Parameter-free noise (``theta + jax.random.normal(key)``) and everything
     inside ``je.sample`` sites are fine and not reported. See the module docstring for the
     exact rule and its limits (Python control flow on concrete values and NumPy code are
     invisible).
@@ -798,11 +944,11 @@ def check(
                     f"got a leaf of dtype {jnp.result_type(leaf)}"
                 )
 
-    def traced(k: jax.Array, d: tuple) -> Any:
+    def traced(k: jax.Array, d: tuple, make_handler: Callable[[], Any]) -> Any:
         full = list(args)
         for i, x in zip(nums, d, strict=True):
             full[i - 1] = x
-        h = _handler(est)
+        h = make_handler()
         with h:
             out = fun(k, *full)
         if has_aux:
@@ -816,7 +962,9 @@ def check(
         return out, records
 
     try:
-        closed = jax.make_jaxpr(traced)(key, diff)
+        closed = jax.make_jaxpr(functools.partial(traced, make_handler=lambda: _handler(est)))(
+            key, diff
+        )
     except jax.errors.UnexpectedTracerError as e:
         from jaxestim._transforms import _LEAK_HINT
 
@@ -837,7 +985,8 @@ def check(
     n_out = len(jaxpr.outvars)
     analysis = _Analysis()
     analysis.backward(jaxpr, in_masks, _ROOT, [True] * n_out, [True] * n_out, True)
-    findings = sorted(analysis.findings.values(), key=_order)
+    costs = _unused_costs(functools.partial(traced, make_handler=_CostProbe), key, diff)
+    findings = sorted([*analysis.findings.values(), *costs], key=_order)
     return CheckReport(tuple(findings), est.name)
 
 

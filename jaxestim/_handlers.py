@@ -443,6 +443,9 @@ class LoopKey:
     discrete sites take one 32-bit word per element for their inverse-CDF uniform, Normal
     (and LogNormal, MultivariateNormal) sites one word per coordinate, other samplers two
     words that form a threefry key.
+
+    It is not a JAX array: code outside jaxestim (an environment's ``step``, a jitted
+    helper that calls ``jax.random``) takes the plain key :meth:`key` returns instead.
     """
 
     _jaxestim_loop_key = True
@@ -451,6 +454,7 @@ class LoopKey:
         self._words = words  # uint32[W] of this iteration; None in the counting trace
         self._node = node
         self._split_cache: dict[int, tuple[LoopKey, ...]] = {}
+        self._plain: jax.Array | None = None
 
     def split(self, num: int = 2) -> tuple[LoopKey, ...]:
         """``num`` keys for ``num`` sites, each with its own words (like ``jax.random.split``;
@@ -466,6 +470,33 @@ class LoopKey:
             self._split_cache[num] = tuple(LoopKey(self._words, n) for n in kids)
         return self._split_cache[num]
 
+    def key(self) -> jax.Array:
+        """A plain JAX PRNG key of this iteration, for code that takes a JAX key.
+
+        A typed threefry key (``jax.random.key_data`` gives its ``uint32[2]``) made of two
+        of this iteration's words: distinct in every iteration, and the same for the same
+        ``je.scan`` key, eagerly and under ``jax.jit`` and ``jax.vmap``. Like passing the
+        key to a site, this uses the key up: take the key for one consumer, and split first
+        (``k_env, k_site = k.split(2)``) to also pass a key to :func:`sample`; repeated
+        calls return the same key.
+
+        Draws made from it with ``jax.random`` (inside an environment's ``step``, say) are
+        not sample sites: no estimator records or reweighs them, so they are treated as
+        noise that does not depend on the differentiated parameters. That is exact when
+        their distribution does not depend on them (``state + jax.random.normal(k)`` is
+        differentiated pathwise through ``state``); a draw whose distribution does
+        (``jax.random.bernoulli(k, p(theta))``) loses that dependence, which
+        :func:`jaxestim.check` reports -- draw it with :func:`sample` instead.
+        """
+        if self._plain is None:
+            handler = current_handler()
+            if handler is not None:
+                handler.note_key(self)
+            stream = self._stream()
+            self._plain = stream.jax_key()
+            self._consumed(stream)
+        return self._plain
+
     def _stream(self) -> RandomStream:
         if self._words is None:
             return RandomStream(None)
@@ -476,23 +507,23 @@ class LoopKey:
         if stream.counting:
             self._node.demand = max(self._node.demand, stream.used)
 
-    def __jax_array__(self) -> Any:
-        raise TypeError(_LOOP_KEY_MISUSE)
-
-    # jax.random functions probe these first: fail there with the same explanation
+    # jnp functions, jax.random and jax.jit's argument handling probe these attributes
+    # (getattr and hasattr let anything but AttributeError through): fail there with the
+    # explanation. Not a TypeError: jax.jit replaces those by its own message.
     @property
     def shape(self) -> Any:
-        raise TypeError(_LOOP_KEY_MISUSE)
+        raise EstimatorError(_LOOP_KEY_MISUSE)
 
-    dtype = ndim = shape
+    __jax_array__ = dtype = ndim = shape
 
     def __repr__(self) -> str:
         return "LoopKey(<one iteration's bulk random words>)"
 
 
 _LOOP_KEY_MISUSE = (
-    "a je.scan(..., key=...) iteration key is not a JAX array: pass it to je.sample, or split "
-    "it for several sites with k1, k2 = k.split(2) (not jax.random.split)"
+    "a je.scan(..., key=...) iteration key is not a JAX array: pass it to je.sample, split "
+    "it for several sites with k1, k2 = k.split(2) (not jax.random.split), and hand code "
+    "that takes a JAX key (jax.random, a jitted environment step) the plain key k.key()"
 )
 _LAYOUT_CHANGED = (
     "je.scan(..., key=...): the loop body split its iteration key differently in je.scan's "

@@ -69,10 +69,7 @@ def _jax_key(key: Any) -> jax.Array:
     from jaxestim.distributions._base import RandomStream
 
     if isinstance(key, LoopKey):  # a je.scan(..., key=...) iteration key: two of its words
-        stream = key._stream()
-        out = stream.jax_key()
-        key._consumed(stream)
-        return out
+        return key.key()
     if isinstance(key, RandomStream):
         return key.jax_key()
     check_key(key, "je.perturbed(...)(key, theta)")

@@ -7,6 +7,7 @@ import pathlib
 import jax
 import jax.numpy as jnp
 import pytest
+from _stats import assert_unbiased
 
 import jaxestim as je
 from jaxestim import distributions as D
@@ -289,6 +290,104 @@ def test_dead_comparisons_are_not_reported():
         return 2.0 * theta
 
     _clean(check(f, KEY, 0.5))
+
+
+# ------------------------------------------------------------ stop_gradient of a sample
+
+
+def _detached(key, theta):
+    x = je.sample(key, D.Normal(theta, 1.0))
+    return theta**2 * (4.0 + jax.lax.stop_gradient(x))  # <detached>
+
+
+def test_stop_gradient_of_pathwise_sample():
+    f0 = _one(check(_detached, KEY, 0.5), "stop_gradient")
+    assert f"test_check.py:{_line('<detached>')} (" in f0.source
+    assert "dependence on the differentiated argument(s) is dropped" in f0.message
+    assert "directly" in f0.suggestion and "score_function" in f0.suggestion
+    _one(check(_detached, KEY, 0.5, estimator=je.pathwise()), "stop_gradient")
+
+    def in_loop(key, theta):
+        def body(c, _, k):
+            x = je.sample(k, D.Normal(theta, 1.0))
+            return c + jnp.sin(jax.lax.stop_gradient(2.0 * x)) * theta, None
+
+        return je.scan(body, 0.0, None, length=3, key=key)[0]
+
+    _one(check(in_loop, KEY, 0.5), "stop_gradient")
+    # what it reports: E[theta^2 (4 + x)] = 4 theta^2 + theta^3, d/dtheta = 8 theta + 3 theta^2
+    # = 4.75 at 0.5; with the stop_gradient pathwise estimates 8 theta + 2 theta^2 = 4.5
+    attached = lambda k, t: t**2 * (4.0 + je.sample(k, D.Normal(t, 1.0)))
+    g = lambda f: je.grad_samples(f, je.pathwise(), num_samples=4000)(KEY, 0.5)
+    assert_unbiased(g(attached), 4.75, se_max=0.02)
+    assert_unbiased(g(_detached), 4.5, se_max=0.02)
+
+
+def test_stop_gradient_keeping_the_dependence_is_fine():
+    def parts(key, theta):
+        x = je.sample(key, D.Normal(theta, 1.0))
+        smooth = jnp.tanh(x)
+        zero_valued = x - jax.lax.stop_gradient(x)  # value 0, derivative that of x
+        forward_other = smooth + jax.lax.stop_gradient(x**2 - smooth)  # value x^2
+        return zero_valued + forward_other + x * jax.lax.stop_gradient(theta)
+
+    _clean(check(parts, KEY, 0.5))
+
+    def noise_and_baseline(key, theta):
+        k1, k2 = jax.random.split(key)
+        x = je.sample(k1, D.Normal(theta, 1.0))
+        z = je.sample(k2, D.Normal(0.0, 1.0))  # does not depend on theta
+        return x**2 - jax.lax.stop_gradient(theta**2) + theta * jax.lax.stop_gradient(z)
+
+    _clean(check(noise_and_baseline, KEY, 0.5))
+    # a score-function sample carries no pathwise derivative to drop
+    sf = lambda k, t: jax.lax.stop_gradient(je.sample(k, D.Bernoulli(probs=t))) * 2.0
+    _clean(check(sf, KEY, 0.3))
+    _clean(check(_detached, KEY, 0.5, estimator=je.score_function()))
+
+
+# ------------------------------------------------------------ je.cost outside the return
+
+
+def _walk(key, p, declared="returned"):
+    def step(total, _, k):
+        x = je.sample(k, D.Bernoulli(probs=p))
+        c = je.cost(2.0 * x)  # <cost>
+        if declared == "returned":
+            return total + c, None
+        if declared == "statement":  # je.cost's return ignored, the value itself used
+            return total + 2.0 * x, None
+        return total + x, None  # the objective excludes the declared cost
+
+    return je.scan(step, 0.0, None, length=3, key=key)[0]
+
+
+def test_cost_outside_the_return():
+    for est in (None, je.score_function("leave_one_out"), je.stochastic_ad()):
+        r = check(lambda k, p: _walk(k, p, "excluded"), KEY, 0.3, estimator=est)
+        f0 = _one(r, "unused_cost")
+        assert f"test_check.py:{_line('<cost>')} (" in f0.source
+        assert "je.cost(2.0 * x)" in f0.code
+        assert "objective excludes the cost" in f0.message
+
+    def aux_only(key, theta):
+        x = je.sample(key, D.Normal(theta, 1.0))
+        return x**2, je.cost(jnp.abs(x))  # only the aux output holds the cost
+
+    _one(check(aux_only, KEY, 0.3, has_aux=True), "unused_cost")
+
+
+def test_cost_in_the_return_is_fine():
+    for declared in ("returned", "statement"):
+        for est in (None, je.score_function("leave_one_out")):
+            _clean(check(lambda k, p, d=declared: _walk(k, p, d), KEY, 0.3, estimator=est))
+
+    def recomputed(key, theta):
+        x = je.sample(key, D.Normal(theta, 1.0))
+        je.cost(x**2)
+        return x**2 + theta
+
+    _clean(check(recomputed, KEY, 0.3))
 
 
 # ---------------------------------------------------------------------------- report API

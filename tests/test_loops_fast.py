@@ -193,7 +193,7 @@ def test_errors():
 
         return je.scan(step, 0.0, None, length=3, key=key)[0]
 
-    _raises(lambda: jax_split(KEY, p), TypeError, "k.split")
+    _raises(lambda: jax_split(KEY, p), je.EstimatorError, "k.split")
 
     def direct(key, p):
         return je.scan(
