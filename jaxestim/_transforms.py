@@ -1077,10 +1077,11 @@ _COMMON_DOC = """
         the key). Any pytree, e.g. an ``equinox.Module``: as with ``equinox.filter_grad``
         its floating leaves (floating/complex arrays and Python floats) are differentiated
         and every other leaf (functions such as ``jax.nn.relu``, strings, ``None``, Python
-        ints, integer/bool arrays) passes through unchanged and is ``None`` in the returned
-        gradient pytree (integer leaves used to raise ``TypeError``). An argument with no
-        floating leaf at all raises ``TypeError``. Non-array leaves of all arguments are
-        static (part of the compilation key; unhashable ones disable the cache).
+        ints, bools, integer/bool arrays) passes through unchanged and is ``None`` in the
+        returned gradient pytree (write ``1.0``, not ``1``, to differentiate a number). An
+        argument with no floating leaf at all raises ``TypeError``. Non-array leaves of all
+        arguments are static (part of the compilation key; unhashable ones disable the
+        cache).
       num_samples: ``N`` Monte Carlo samples; the key is split into ``N`` per-sample keys.
       chunk_size: evaluate at most this many samples at once (``lax.scan`` over chunks);
         the result does not depend on it beyond floating-point summation order.
@@ -1107,6 +1108,13 @@ _COMMON_DOC = """
         be a multiple of ``D`` (``ValueError`` otherwise). See ``jaxestim/_sharding.py``.
       axis: the mesh axis name (or tuple of names) to shard the samples over; default
         all of the mesh's axes. Requires ``mesh``.
+
+    Precision: every sum over samples (gradient, value, leave-one-out total, chunks,
+    devices) is accumulated in at least float32 (float64 for float64 inputs); the gradient
+    is returned in each parameter's dtype, the value in ``fun``'s output dtype. Each sample
+    runs in the dtypes it is given; ``bfloat16`` / ``float16`` parameters are differentiated
+    through per-sample float32 copies, which forms each chunk's per-sample gradients
+    (memory ``O(chunk_size * P)``). See the getting-started guide, "Dtypes".
 
     Invalid parameters: out-of-range or NaN parameters at a sample site give a NaN value
     and a NaN gradient (per sample for :func:`grad_samples`, for the mean otherwise), never

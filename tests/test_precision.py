@@ -11,6 +11,10 @@ are not differentiated (``None`` gradient) by ``grad``, ``value_and_grad``,
 """
 
 import itertools
+import json
+import os
+import subprocess
+import sys
 
 import jax
 import jax.numpy as jnp
@@ -218,3 +222,38 @@ def test_sweep_keeps_integer_grid_leaves_as_settings():
             key=KEY,
             num_samples=4,
         )
+
+
+_MESH_CHECK = """
+import json, jax, jax.numpy as jnp, numpy as np
+import test_precision as T
+lg = jnp.asarray(T.LOGITS, jnp.bfloat16)
+mesh = jax.make_mesh((2,), ("s",))
+sf = T.je.score_function("leave_one_out")
+g = T.je.grad(T.policy, sf, num_samples=T.N, chunk_size=5000, mesh=mesh)(T.KEY, lg)
+gs = T.je.grad_samples(T.policy, sf, num_samples=T.N, mesh=mesh)(T.KEY, lg)
+x = np.asarray(gs, np.float64)
+print(json.dumps({"dtype": str(g.dtype), "g": np.asarray(g, np.float64).tolist(),
+                  "se": (x.std(0, ddof=1) / np.sqrt(len(x))).tolist()}))
+"""
+
+
+def test_half_precision_sums_over_devices_in_float32():
+    """mesh= on 2 simulated CPU devices: the psum of the devices' float32 partial sums."""
+    env = {**os.environ, "JAX_NUM_CPU_DEVICES": "2", "JAX_PLATFORMS": "cpu"}
+    flags = os.environ.get("XLA_FLAGS", "").split()
+    env["XLA_FLAGS"] = " ".join(f for f in flags if "host_platform_device_count" not in f)
+    out = subprocess.run(
+        [sys.executable, "-c", _MESH_CHECK],
+        cwd=os.path.dirname(__file__),
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=True,
+    )
+    res = json.loads(out.stdout.strip().splitlines()[-1])
+    _, exact = policy_exact()
+    se = np.asarray(res["se"])
+    assert res["dtype"] == "bfloat16" and np.all(se < 0.01)
+    assert np.all(np.abs(np.asarray(res["g"]) - exact) < 5 * se + 4e-3)
