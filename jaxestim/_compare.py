@@ -37,7 +37,7 @@ from jaxestim import _sharding
 from jaxestim._check import check
 from jaxestim._errors import EstimatorError
 from jaxestim._estimator import Estimator
-from jaxestim._transforms import grad_samples
+from jaxestim._transforms import _is_inexact, grad_samples
 
 __all__ = [
     "UNBIASEDNESS",
@@ -287,6 +287,35 @@ def _call_args(params: Any, argnums: int | Sequence[int]) -> tuple:
             "arguments of fun after the key"
         )
     return tuple(params)
+
+
+def _floating_args(fun: Callable[..., Any], args: tuple, argnums: Any) -> tuple[Callable, tuple]:
+    """``(fun', args')`` for :func:`jaxestim.check`, which requires floating arguments: the
+    differentiated arguments' other leaves (integer, bool, ...: not differentiated by the
+    transforms, see :func:`jaxestim.grad`'s ``argnums``) are closed over."""
+    nums = (argnums,) if isinstance(argnums, int) else tuple(argnums)
+    parts = {}
+    for i in nums:
+        leaves, treedef = jax.tree_util.tree_flatten(args[i - 1])
+        mask = [_is_inexact(x) for x in leaves]
+        if not all(mask):
+            parts[i] = (treedef, leaves, mask)
+    if not parts:
+        return fun, args
+    new = list(args)
+    for i, (_, leaves, mask) in parts.items():
+        new[i - 1] = [x for x, m in zip(leaves, mask, strict=True) if m]
+
+    def floating(key: jax.Array, *a: Any) -> Any:
+        a = list(a)
+        for i, (treedef, leaves, mask) in parts.items():
+            it = iter(a[i - 1])
+            a[i - 1] = treedef.unflatten(
+                [next(it) if m else x for x, m in zip(leaves, mask, strict=True)]
+            )
+        return fun(key, *a)
+
+    return floating, tuple(new)
 
 
 # --------------------------------------------------------------------------------------
@@ -1025,6 +1054,7 @@ def compare(
     if repeats < 1:
         raise ValueError(f"compare: `repeats` must be >= 1, got {repeats!r}")
     args = _call_args(params, argnums)
+    check_fun, check_args = _floating_args(fun, args, argnums)
     mesh, _ = _sharding.check_mesh(mesh, axis, num_samples, "compare")
     run_key, run_args = key, args  # the inputs of the (sharded) grad_samples calls
     if _sharding.spans_processes(mesh):
@@ -1054,7 +1084,7 @@ def compare(
         except EstimatorError as e:
             results[name] = EstimatorResult(name, est, applicable=False, message=str(e))
             continue
-        report = check(fun, key, *args, estimator=est, argnums=argnums)
+        report = check(check_fun, key, *check_args, estimator=est, argnums=argnums)
         out = jax.block_until_ready(compiled(run_key, *run_args))
         seconds = _median_time(lambda: compiled(run_key, *run_args), repeats)
         if mesh is not None:  # per-sample gradients sharded over the mesh: the whole array
@@ -1371,7 +1401,7 @@ class SweepResult:
 
 
 def _as_grid(params_grid: Any) -> Any:
-    """The parameter grid as a pytree of float arrays sharing a non-empty leading axis."""
+    """The parameter grid as a pytree of arrays sharing a non-empty leading axis."""
     leaves = jax.tree_util.tree_leaves(params_grid)
     if not leaves:
         raise ValueError("sweep: `params_grid` has no array leaves")
@@ -1384,8 +1414,6 @@ def _as_grid(params_grid: Any) -> Any:
 
     def leaf(path: Any, a: Any) -> jax.Array:
         a = jnp.asarray(a)
-        if not jnp.issubdtype(a.dtype, jnp.floating):
-            a = a.astype(jnp.result_type(float))
         if a.ndim == 0:
             raise ValueError(
                 f"sweep: `params_grid` leaf {jax.tree_util.keystr(path) or '(root)'} is a "
@@ -1404,6 +1432,12 @@ def _as_grid(params_grid: Any) -> Any:
     if next(iter(lengths.values())) == 0:
         raise ValueError("sweep: `params_grid` needs a non-empty leading grid axis")
     return grid
+
+
+def _differentiated(tree: Any) -> Any:
+    """``tree`` with ``None`` in place of the leaves the transforms do not differentiate
+    (the structure of their gradients, see :func:`jaxestim.grad`'s ``argnums``)."""
+    return jax.tree_util.tree_map(lambda x: x if _is_inexact(x) else None, tree)
 
 
 def sweep(
@@ -1437,8 +1471,10 @@ def sweep(
         is ``tree_map(lambda a: a[i], params_grid)``), e.g. ``{"a": a_values, "b":
         b_values}``; or an array whose leading axis is the grid for scalar or array
         parameters. A (nested) list of numbers counts as one array, at the top or as a
-        leaf (``{"a": [0.5, 1.0]}``); use tuples and dicts as containers. Integer leaves
-        are converted to floats.
+        leaf (``{"a": [0.5, 1.0]}``); use tuples and dicts as containers. As in
+        :func:`jaxestim.grad`, only floating leaves are differentiated: an integer leaf
+        (``[1, 2, 3]``) is swept as an integer setting with no gradient coordinate; write
+        ``[1.0, 2.0, 3.0]`` to differentiate it.
       estimator: the estimator (the base for a hyper-parameter sweep).
       key: PRNG key.
       num_samples: per-sample estimates per grid point (``>= 2``).
@@ -1451,8 +1487,8 @@ def sweep(
         change shapes, so that axis is a Python loop with one compilation per value.
       exact_fn: ``exact_fn(params) -> exact gradient`` (a scalar, broadcast to every
         coordinate, or a pytree shaped like ``params``), called outside JAX once per grid
-        point with NumPy float64 leaves holding the grid point's (float-converted)
-        values, or with ``params`` itself for a sweep over ``hyper`` only; enables
+        point with NumPy leaves holding the grid point's values (floating leaves as
+        float64), or with ``params`` itself for a sweep over ``hyper`` only; enables
         ``bias``.
       argnums: must be 1 (``fun(key, params)``).
       chunk_size: passed to ``grad_samples``.
@@ -1503,7 +1539,7 @@ def sweep(
         point = jax.tree_util.tree_map(lambda a: a[0], params_grid)
     else:
         point = params
-    layout = _Layout(point)
+    layout = _Layout(_differentiated(point))
     hyper_name = hyper_values = None
     if hyper is not None:
         if not (isinstance(hyper, tuple | list) and len(hyper) == 2):
@@ -1620,14 +1656,17 @@ def sweep(
     grid_np = grid_flat = None
     if params_grid is not None:
         grid_np = jax.tree_util.tree_map(np.asarray, params_grid)
-        grid_flat = layout.flatten(grid_np, 1)
+        grid_flat = layout.flatten(_differentiated(grid_np), 1)
     exact = bias = None
     if exact_fn is not None:
         if params_grid is None:
             ex = _flatten_exact(exact_fn(params), layout.size, "sweep")
         else:
             points = [
-                jax.tree_util.tree_map(lambda a, i=i: np.asarray(a[i], np.float64), grid_np)
+                jax.tree_util.tree_map(
+                    lambda a, i=i: np.asarray(a[i], np.float64 if _is_inexact(a) else None),
+                    grid_np,
+                )
                 for i in range(grid_flat.shape[0])
             ]
             ex = np.stack([_flatten_exact(exact_fn(p), layout.size, "sweep") for p in points])

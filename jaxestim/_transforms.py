@@ -158,6 +158,48 @@ def _is_inexact(x: Any) -> bool:
     return _is_array(x) and jnp.issubdtype(x.dtype, jnp.inexact)
 
 
+def _sum_dtype(dtype: Any) -> np.dtype:
+    """The dtype in which the transforms sum over samples: at least float32.
+
+    ``bfloat16`` / ``float16`` values and gradients are summed in ``float32`` (a sum of
+    ``N`` half-precision terms accumulated in half precision loses everything beyond
+    ``2^8`` to ``2^11`` times one term); wider types are summed in their own dtype.
+    """
+    return jnp.promote_types(dtype, jnp.float32)
+
+
+def _sum(x: jax.Array, axis: int | None = None) -> jax.Array:
+    """``jnp.sum(x, axis)`` accumulated and returned in :func:`_sum_dtype`."""
+    return jnp.sum(x, axis, dtype=_sum_dtype(x.dtype))
+
+
+def _widened(diff: tuple) -> tuple[tuple, tuple]:
+    """``(wide, narrow)``: the differentiated leaves in :func:`_sum_dtype` and, per leaf,
+    the parameter's own dtype where it is narrower (else ``None``)."""
+    narrow = tuple(
+        tuple(
+            jnp.result_type(x) if _sum_dtype(jnp.result_type(x)) != jnp.result_type(x) else None
+            for x in sub
+        )
+        for sub in diff
+    )
+    wide = tuple(
+        tuple(
+            x if n is None else jnp.asarray(x, _sum_dtype(n)) for x, n in zip(sub, ns, strict=True)
+        )
+        for sub, ns in zip(diff, narrow, strict=True)
+    )
+    return wide, narrow
+
+
+def _narrowed(tree: tuple, narrow: tuple) -> tuple:
+    """Leaves of ``tree`` (structured like ``diff``) cast back to the parameters' dtypes."""
+    return tuple(
+        tuple(x if n is None else x.astype(n) for x, n in zip(sub, ns, strict=True))
+        for sub, ns in zip(tree, narrow, strict=True)
+    )
+
+
 @functools.partial(jax.custom_jvp, nondiff_argnums=(0,))
 def _no_higher_order(msg: str, out: Any, inputs: Any) -> Any:
     """Identity on ``out``; differentiating it (w.r.t. ``out`` or ``inputs``) raises."""
@@ -477,7 +519,13 @@ class _Transformed:
             return jax.tree_util.tree_unflatten(treedef, leaves)
 
         _, est = assemble(diff)
-        run = _Run(self, est, lambda d: assemble(d)[0])
+        # bfloat16 / float16 parameters: the estimator differentiates float32 copies, which
+        # the program receives cast back to the parameters' dtype, so every sum over samples
+        # (gradients, values, baselines' totals, chunks, devices) is accumulated in float32;
+        # the gradient is returned in the parameters' dtype.
+        diff, narrow = _widened(diff)
+        spread = any(n is not None for ns in narrow for n in ns)
+        run = _Run(self, est, lambda d: assemble(_narrowed(d, narrow))[0], spread)
         keys = jax.random.split(key, self.num_samples)
 
         def estimate(keys: jax.Array, diff: tuple, state: Any) -> tuple:
@@ -504,6 +552,8 @@ class _Transformed:
         if not (est.site_level and run.higher_order_ok):
             inputs = [x for x in jax.tree_util.tree_leaves((diff, dyn)) if _is_inexact(x)]
             value, grads = _no_higher_order(run.higher_order_message(), (value, grads), inputs)
+        value = value.astype(f.dtype)  # summed in _sum_dtype, returned in fun's dtype
+        grads = _narrowed(grads, narrow)
         grads = tuple(
             jax.tree_util.tree_unflatten(sub_def, [next(it) if m else None for m in mask])
             for (sub_def, mask), it in zip(out_spec, (iter(g) for g in grads), strict=True)
@@ -571,8 +621,17 @@ def _group_scores(f, logp, pullback, opt) -> list:
 class _Run:
     """One trace of a transform: the program, its estimator and its fixed arguments."""
 
-    def __init__(self, t: _Transformed, est: Estimator, assemble: Callable[[tuple], tuple]):
+    def __init__(
+        self,
+        t: _Transformed,
+        est: Estimator,
+        assemble: Callable[[tuple], tuple],
+        spread: bool = False,
+    ):
         self.t, self.est, self.assemble = t, est, assemble
+        # half-precision parameters: each sample gets its own copy of the (float32)
+        # parameters (see terms), so its gradients are summed over the samples in float32
+        self.spread = spread
         self.num_samples = t.num_samples
         self.chunk_size = t.chunk_size
         self.axes = t.axes  # mesh axes the samples are sharded over (see _sharding)
@@ -652,7 +711,16 @@ class _Run:
     def terms(self, keys: jax.Array, diff: tuple):
         """Per-sample objective, score-function log-probs by group, aux, and the groups."""
         prog = self.program(keys[0], diff)
-        f, logp, aux = jax.vmap(lambda k: prog.call(k, diff))(keys)
+        if self.spread:
+            # per-sample copies of the float32 parameters, cast to the parameters' dtype
+            # inside each sample: the transpose of the copy sums the samples' gradients in
+            # float32, whereas the program's own transposed operations (a gather's
+            # scatter-add, a broadcast's reduction) would sum them in half precision
+            n = keys.shape[0]
+            copies = jax.tree_util.tree_map(lambda x: jnp.broadcast_to(x, (n, *x.shape)), diff)
+            f, logp, aux = jax.vmap(prog.call)(keys, copies)
+        else:
+            f, logp, aux = jax.vmap(lambda k: prog.call(k, diff))(keys)
         return f, logp, aux, prog.groups
 
     def combine(self, f, logp, groups: list[ScoreFunction], total, state, f_baseline=None):
@@ -731,7 +799,8 @@ class _Run:
         _rethrow(err)
         groups = self.program(k, diff).groups
         if loo and total is None:
-            total = self.psum(jax.lax.psum(jax.lax.stop_gradient(f[0]), _SAMPLES))
+            f0 = jax.lax.stop_gradient(f[0]).astype(_sum_dtype(f.dtype))
+            total = self.psum(jax.lax.psum(f0, _SAMPLES))
         s, surrogate_vjp = jax.vjp(
             lambda f, logp: self.combine(f, logp, groups, total, state), f, logp
         )
@@ -843,7 +912,7 @@ class _Run:
     def total(self, keys, diff):
         def fwd(kc):
             f, *_ = self.terms(kc, diff)
-            return jnp.sum(f), None
+            return _sum(f), None
 
         return jax.lax.stop_gradient(self.psum(_scan_chunks(fwd, keys, self.chunk_size)[0]))
 
@@ -887,11 +956,11 @@ class _Run:
                     axis_name=_SAMPLES,
                 )(kc)
                 if not per_sample:  # je.grad / value_and_grad: sum the chunk's gradients
-                    return (jnp.sum(s), jax.tree_util.tree_map(lambda x: jnp.sum(x, 0), g)), (
+                    return (_sum(s), jax.tree_util.tree_map(lambda x: _sum(x, 0), g)), (
                         f,
                         aux,
                     )
-                return jnp.sum(s), (g, f, aux)
+                return _sum(s), (g, f, aux)
 
             if per_sample:
                 ssum, (grads, f, aux) = _scan_chunks(fn, keys, self.chunk_size)
@@ -907,8 +976,8 @@ class _Run:
                     f, logp, aux, groups = self.terms(kc, d)
                     tot = total
                     if total is None:
-                        tot = self.psum(jax.lax.stop_gradient(jnp.sum(f)))
-                    s = jnp.sum(self.combine(f, logp, groups, tot, state))
+                        tot = self.psum(jax.lax.stop_gradient(_sum(f)))
+                    s = _sum(self.combine(f, logp, groups, tot, state))
                     bt = _boundary_terms(logp)
                     out = (f, aux, _invalid_count(logp))
                     return s, (out if bt is None else _Boundary(out, *bt))
@@ -964,9 +1033,14 @@ class _Run:
         batch_cache: dict[str, Any] = {}
 
         def fn(kc):
-            if self.kind != "grad_samples" and getattr(est, "sums_batch", False):
+            if (
+                self.kind != "grad_samples"
+                and getattr(est, "sums_batch", False)
+                and not self.spread
+            ):
                 # one reverse pass for the chunk (reverse-mode stochastic_ad): no per-sample
-                # gradient of size P is formed
+                # gradient of size P is formed (half-precision parameters: per-sample
+                # gradients, summed in float32, as in terms)
                 out, err = _functional_checks(
                     lambda ks: est.per_batch(call, ks, theta, batch_cache)
                 )(kc)
@@ -974,10 +1048,10 @@ class _Run:
                 f, gsum, aux = out
                 return (gsum, None), (f, aux)
             f, g, aux, sg = jax.vmap(one)(kc)
-            sg = jax.tree_util.tree_map(lambda x: jnp.sum(x, axis=0), sg)
+            sg = jax.tree_util.tree_map(lambda x: _sum(x, 0), sg)
             if self.kind == "grad_samples":
                 return (None, sg), (g, f, aux)
-            return (jnp.sum(g, axis=0), sg), (f, aux)
+            return (_sum(g, 0), sg), (f, aux)
 
         if self.kind == "grad_samples":
             (_, sgsum), (g, f, aux) = _scan_chunks(fn, keys, self.chunk_size)
@@ -990,7 +1064,7 @@ class _Run:
             new_state = est.update_state(
                 state, tree_scale(self.psum(sgsum), 1.0 / self.num_samples)
             )
-        return self.psum(jnp.sum(f)) / self.num_samples, grads, aux, f, new_state
+        return self.psum(_sum(f)) / self.num_samples, grads, aux, f, new_state
 
 
 _COMMON_DOC = """
@@ -1003,10 +1077,11 @@ _COMMON_DOC = """
         the key). Any pytree, e.g. an ``equinox.Module``: as with ``equinox.filter_grad``
         its floating leaves (floating/complex arrays and Python floats) are differentiated
         and every other leaf (functions such as ``jax.nn.relu``, strings, ``None``, Python
-        ints, integer/bool arrays) passes through unchanged and is ``None`` in the returned
-        gradient pytree (integer leaves used to raise ``TypeError``). An argument with no
-        floating leaf at all raises ``TypeError``. Non-array leaves of all arguments are
-        static (part of the compilation key; unhashable ones disable the cache).
+        ints, bools, integer/bool arrays) passes through unchanged and is ``None`` in the
+        returned gradient pytree (write ``1.0``, not ``1``, to differentiate a number). An
+        argument with no floating leaf at all raises ``TypeError``. Non-array leaves of all
+        arguments are static (part of the compilation key; unhashable ones disable the
+        cache).
       num_samples: ``N`` Monte Carlo samples; the key is split into ``N`` per-sample keys.
       chunk_size: evaluate at most this many samples at once (``lax.scan`` over chunks);
         the result does not depend on it beyond floating-point summation order.
@@ -1033,6 +1108,13 @@ _COMMON_DOC = """
         be a multiple of ``D`` (``ValueError`` otherwise). See ``jaxestim/_sharding.py``.
       axis: the mesh axis name (or tuple of names) to shard the samples over; default
         all of the mesh's axes. Requires ``mesh``.
+
+    Precision: every sum over samples (gradient, value, leave-one-out total, chunks,
+    devices) is accumulated in at least float32 (float64 for float64 inputs); the gradient
+    is returned in each parameter's dtype, the value in ``fun``'s output dtype. Each sample
+    runs in the dtypes it is given; ``bfloat16`` / ``float16`` parameters are differentiated
+    through per-sample float32 copies, which forms each chunk's per-sample gradients
+    (memory ``O(chunk_size * P)``). See the getting-started guide, "Dtypes".
 
     Invalid parameters: out-of-range or NaN parameters at a sample site give a NaN value
     and a NaN gradient (per sample for :func:`grad_samples`, for the mean otherwise), never

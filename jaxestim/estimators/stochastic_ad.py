@@ -469,7 +469,7 @@ class _ReverseRecord(_Record):
         dtype = res["a"].dtype
         base = self.next_index()
         u = _site_uniforms(self.select_key, base, dtype)
-        m_site = jnp.sum(eligible.astype(jnp.int32))
+        m_site = jnp.sum(eligible, dtype=jnp.int32)
         j = _pick(eligible.astype(dtype), u[0])
         total = (res["m"] + m_site).astype(dtype)
         replace = u[1] * total < m_site.astype(dtype)
@@ -483,7 +483,7 @@ class _ReverseRecord(_Record):
             self.has_boundary = True
             idx = jnp.asarray(base, jnp.int32) + jnp.arange(q.shape[0], dtype=jnp.int32)
             res["b"] = res["b"] + jnp.sum(jnp.where(at, q * _mix(idx, q.dtype), 0)).astype(dtype)
-            res["nat"] = res["nat"] + jnp.sum(at.astype(jnp.int32))
+            res["nat"] = res["nat"] + jnp.sum(at, dtype=jnp.int32)
         self.res = res
 
 
