@@ -829,6 +829,7 @@ def check(
             "finite differences do not differentiate through the program",
         )
 
+    _raise_derivative_errors(closed, key, diff)
     n_key = len(jax.tree_util.tree_leaves(key))
     in_masks = [0] * n_key + [_DEP] * len(jax.tree_util.tree_leaves(diff))
     jaxpr = closed.jaxpr
@@ -839,6 +840,27 @@ def check(
     analysis.backward(jaxpr, in_masks, _ROOT, [True] * n_out, [True] * n_out, True)
     findings = sorted(analysis.findings.values(), key=_order)
     return CheckReport(tuple(findings), est.name)
+
+
+def _raise_derivative_errors(closed: Any, key: jax.Array, diff: tuple) -> None:
+    """Raise the error that differentiating the traced program raises, if any.
+
+    Some sites raise only when a derivative passes them (a discrete site under
+    ``je.pathwise()`` whose parameters depend on ``diff``, see
+    :func:`jaxestim._estimator.without_derivative`); one forward-mode derivative of the
+    program's jaxpr is traced abstractly (nothing is compiled or run). A program that forward
+    mode cannot differentiate for another reason (a ``jax.custom_vjp`` function) is left to
+    the analysis.
+    """
+    run = jcore.jaxpr_as_fun(closed)
+    keys = jax.tree_util.tree_leaves(key)
+    primals = [jnp.asarray(x) for x in jax.tree_util.tree_leaves(diff)]
+    try:
+        jax.eval_shape(lambda *p: jax.jvp(lambda *q: run(*keys, *q), p, p), *primals)
+    except EstimatorError:
+        raise
+    except Exception:  # not differentiable in forward mode: the analysis still runs
+        pass
 
 
 def _order(f: Finding) -> tuple:

@@ -20,7 +20,7 @@ import jax.extend
 import jax.numpy as jnp
 
 from jaxestim._errors import EstimatorError
-from jaxestim._estimator import Estimator, site_error
+from jaxestim._estimator import Estimator, site_error, without_derivative
 from jaxestim._handlers import WholeProgramHandler, reject_override
 from jaxestim._util import fold_in_str, pytree_dataclass, static_field
 from jaxestim.distributions import Cauchy, Laplace, Logistic, Normal
@@ -52,7 +52,7 @@ class _PathwiseOnlyHandler(WholeProgramHandler):
     def sample(self, key, dist, sample_shape, estimator, mask):
         reject_override(self.name, estimator)
         if dist.is_discrete or not dist.is_reparameterized:
-            raise site_error(
+            error = site_error(
                 self.label,
                 dist,
                 "it differentiates the program with forward-mode autodiff (pathwise at each "
@@ -60,6 +60,7 @@ class _PathwiseOnlyHandler(WholeProgramHandler):
                 "miss its contribution)",
                 self.suggest,
             )
+            return without_derivative(dist.sample(key, sample_shape), dist, error)
         return dist.rsample(key, sample_shape)
 
 

@@ -6,7 +6,7 @@ from typing import Any, ClassVar, Literal, overload
 
 import jax
 
-from jaxestim._estimator import Estimator, site_error
+from jaxestim._estimator import Estimator, site_error, without_derivative
 from jaxestim._util import pytree_dataclass
 
 
@@ -27,7 +27,7 @@ class Pathwise(Estimator):
 
     def process_site(self, ctx, key, dist, sample_shape):
         if dist.is_discrete or not dist.is_reparameterized:
-            raise site_error(
+            error = site_error(
                 "je.pathwise()",
                 dist,
                 "discrete samples have no reparameterization (the pathwise gradient would "
@@ -35,6 +35,7 @@ class Pathwise(Estimator):
                 "je.score_function(), je.stochastic_ad(), je.straight_through() or "
                 "je.gumbel_softmax() (Bernoulli/Categorical)",
             )
+            return without_derivative(dist.sample(key, sample_shape), dist, error)
         return dist.rsample(key, sample_shape)
 
 
