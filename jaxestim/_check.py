@@ -762,7 +762,8 @@ def check(
 
     Raises:
       EstimatorError: when the program cannot run under ``estimator`` at all (the same
-        error :func:`jaxestim.grad` raises, e.g. a discrete site under ``je.pathwise()``).
+        error :func:`jaxestim.grad` raises, e.g. a discrete site whose parameters depend on
+        the differentiated arguments under ``je.pathwise()``).
     """
     where = "je.check"
     if not callable(fun):

@@ -128,6 +128,13 @@ def trials_until_success(key, t):
     return out[0]
 
 
+def test_rebar_names_the_discontinuity_of_a_cond_on_a_draw():
+    # REBAR shares the record layout: the cond is not a dependence between Bernoulli sites,
+    # but its predicate on the relaxed value is a jump the control variate misses
+    with pytest.raises(je.EstimatorError, match="reach gt"):
+        je.grad(single_cond, je.rebar(learn=False), num_samples=4)(KEY, 0.3)
+
+
 @pytest.mark.parametrize("est", ANTITHETIC, ids=ANTITHETIC_IDS)
 @pytest.mark.parametrize(
     "f",
@@ -280,8 +287,10 @@ def test_unfinished_loop_nan_reaches_every_leave_one_out_sample():
         return n
 
     t = -1.5
-    loo = je.grad_samples(f, je.score_function("leave_one_out"), num_samples=8)(KEY, t)
     plain = je.grad_samples(f, je.score_function(), num_samples=8)(KEY, t)
     nan = np.isnan(np.asarray(plain))
     assert nan.any() and not nan.all()  # some, not all, loops hit the bound
-    assert np.isnan(np.asarray(loo)).all()
+    for baseline in ("leave_one_out", "optimal"):
+        est = je.score_function(baseline)
+        assert np.isnan(np.asarray(je.grad_samples(f, est, num_samples=8)(KEY, t))).all()
+        assert np.isnan(je.grad(f, est, num_samples=8, chunk_size=3)(KEY, t))
