@@ -214,6 +214,38 @@ def test_pathwise_override_at_a_constant_site():
     assert_unbiased(s, 0.5 + dsig(0.3), 0.01)
 
 
+def test_delta_method_constant_discrete_site():
+    # x ~ N(t, 1), b ~ B(1/2): f = x^2 + b x is quadratic in x for each b, so the estimate
+    # is exactly 2 t + b per sample (E = t^2 + 1 + t / 2)
+    def f(key, t):
+        k1, k2 = jax.random.split(key)
+        x = je.sample(k1, D.Normal(t, 1.0))
+        return x**2 + je.sample(k2, D.Bernoulli(probs=0.5)) * x
+
+    s = both_ways(f, je.delta_method(), 0.3, 2000)
+    assert_unbiased(s, 2 * 0.3 + 0.5, 0.02)
+    np.testing.assert_allclose(np.unique(np.round(np.asarray(s), 4)), [0.6, 1.6], atol=1e-4)
+
+
+def _delta_on_theta(key, t):
+    return je.sample(key, D.Bernoulli(logits=t))
+
+
+def _delta_on_draw(key, t):
+    k1, k2 = jax.random.split(key)
+    x = je.sample(k1, D.Normal(t, 1.0))
+    return x * je.sample(k2, D.Bernoulli(logits=x))
+
+
+@pytest.mark.parametrize("f", [_delta_on_theta, _delta_on_draw], ids=["theta", "draw"])
+def test_delta_method_still_refuses_dependent_discrete_sites(f):
+    match = "discrete sites whose parameters depend"
+    with pytest.raises(je.EstimatorError, match=match):
+        je.grad(f, je.delta_method(), num_samples=4)(KEY, 0.3)
+    with pytest.raises(je.EstimatorError, match=match):
+        jax.jit(je.grad_samples(f, je.delta_method(), num_samples=4))(KEY, 0.3)
+
+
 def dependent_discrete(key, t):
     return je.sample(key, D.Bernoulli(probs=jax.nn.sigmoid(t))) * 1.0
 
