@@ -96,15 +96,29 @@ def loop_on_draw(key, t):
     return (n - 0.5) ** 2
 
 
+def walk_of_conds(key, t):
+    """Three steps c += +1 or -1 as a je.cond on the step's draw: E[c] = 3 (2 p - 1)."""
+
+    def step(c, k):
+        b = je.sample(k, D.Bernoulli(logits=t))
+        return c + je.cond(b > 0.5, lambda: 1.0, lambda: -1.0), None
+
+    return je.scan(step, 0.0, jax.random.split(key, 3))[0]
+
+
 @pytest.mark.parametrize(
-    ("f", "exact"),
-    [(single_cond, 4.0 * dsig(0.3)), (loop_on_draw, 2.0 * dsig(0.3))],
-    ids=["cond", "while_loop"],
+    ("f", "exact", "se_max"),
+    [
+        (single_cond, 4.0 * dsig(0.3), 0.02),
+        (loop_on_draw, 2.0 * dsig(0.3), 0.02),
+        (walk_of_conds, 6.0 * dsig(0.3), 0.04),
+    ],
+    ids=["cond", "while_loop", "scan"],
 )
-def test_disarm_single_bernoulli_predicate(f, exact):
-    # E[f] = 3 p - (1 - p) and 1/4 + 2 p
+def test_disarm_single_bernoulli_predicate(f, exact, se_max):
+    # E[f] = 3 p - (1 - p), 1/4 + 2 p and 3 (2 p - 1)
     s = both_ways(f, je.disarm(), 0.3, 4000)
-    assert_unbiased(s, exact, 0.02)
+    assert_unbiased(s, exact, se_max)
 
 
 def cond_then_site_in_branch(key, t):
