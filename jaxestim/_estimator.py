@@ -84,8 +84,8 @@ def without_derivative(x: jax.Array, dist: Distribution, error: EstimatorError) 
     depend on it (constants, values computed from the key or from other arguments,
     ``jax.lax.stop_gradient``) carry symbolic-zero tangents: the site's derivative
     contribution is exactly zero and nothing is raised. Forward (``jax.jvp``) and reverse
-    (``jax.vjp``) differentiation both pass through the custom JVP rule, so the check is
-    made while the derivative is traced, before anything is compiled or run.
+    (``jax.vjp``) differentiation both pass through the custom JVP rule, so the error is
+    raised while the derivative is traced (at trace time, eagerly and under ``jax.jit``).
     """
     params = [
         v
