@@ -908,7 +908,8 @@ def check(
 
     Raises:
       EstimatorError: when the program cannot run under ``estimator`` at all (the same
-        error :func:`jaxestim.grad` raises, e.g. a discrete site under ``je.pathwise()``).
+        error :func:`jaxestim.grad` raises, e.g. a discrete site whose parameters depend on
+        the differentiated arguments under ``je.pathwise()``).
     """
     where = "je.check"
     if not callable(fun):
@@ -977,6 +978,7 @@ def check(
             "finite differences do not differentiate through the program",
         )
 
+    _raise_derivative_errors(closed, key, diff)
     n_key = len(jax.tree_util.tree_leaves(key))
     in_masks = [0] * n_key + [_DEP] * len(jax.tree_util.tree_leaves(diff))
     jaxpr = closed.jaxpr
@@ -988,6 +990,27 @@ def check(
     costs = _unused_costs(functools.partial(traced, make_handler=_CostProbe), key, diff)
     findings = sorted([*analysis.findings.values(), *costs], key=_order)
     return CheckReport(tuple(findings), est.name)
+
+
+def _raise_derivative_errors(closed: Any, key: jax.Array, diff: tuple) -> None:
+    """Raise the error that differentiating the traced program raises, if any.
+
+    Some sites raise only when a derivative passes them (a discrete site under
+    ``je.pathwise()`` whose parameters depend on ``diff``, see
+    :func:`jaxestim._estimator.without_derivative`); one forward-mode derivative of the
+    program's jaxpr is traced abstractly (nothing is compiled or run). A program that forward
+    mode cannot differentiate for another reason (a ``jax.custom_vjp`` function) is left to
+    the analysis.
+    """
+    run = jcore.jaxpr_as_fun(closed)
+    keys = jax.tree_util.tree_leaves(key)
+    primals = [jnp.asarray(x) for x in jax.tree_util.tree_leaves(diff)]
+    try:
+        jax.eval_shape(lambda *p: jax.jvp(lambda *q: run(*keys, *q), p, p), *primals)
+    except EstimatorError:
+        raise
+    except Exception:  # not differentiable in forward mode: the analysis still runs
+        pass
 
 
 def _order(f: Finding) -> tuple:

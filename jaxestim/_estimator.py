@@ -10,9 +10,11 @@ without an import cycle.
 
 from __future__ import annotations
 
+import functools
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import jax
+import jax.numpy as jnp
 
 from jaxestim._errors import EstimatorError
 from jaxestim.distributions import Bernoulli, Categorical, Distribution, OneHotCategorical
@@ -58,6 +60,39 @@ def site_error(est: str, dist: Distribution, why: str, suggest: str) -> Estimato
         f"either for the whole program or at this site via "
         f"je.sample(key, dist, estimator=...)."
     )
+
+
+@functools.partial(jax.custom_jvp, nondiff_argnums=(0,))
+def _underivable(msg: str, x: jax.Array, params: list) -> jax.Array:
+    return x
+
+
+@_underivable.defjvp
+def _underivable_jvp(msg, primals, tangents):
+    raise EstimatorError(msg)
+
+
+def without_derivative(x: jax.Array, dist: Distribution, error: EstimatorError) -> jax.Array:
+    """A sample ``x`` of ``dist`` whose derivative in ``dist``'s parameters is lost.
+
+    For a site that a differentiating estimator cannot differentiate (a discrete sample under
+    ``je.pathwise()``): the value is ``x``, and differentiating it raises ``error`` as soon
+    as some floating parameter of ``dist`` carries a tangent, that is, depends on what is
+    being differentiated (the transform's parameters, or an argument an enclosing
+    ``jax.grad`` / ``jax.jvp`` differentiates, also through ``jax.jit``, ``jax.vmap``,
+    ``je.scan`` / ``je.cond`` and plain ``jax.lax`` control flow). Parameters that do not
+    depend on it (constants, values computed from the key or from other arguments,
+    ``jax.lax.stop_gradient``) carry symbolic-zero tangents: the site's derivative
+    contribution is exactly zero and nothing is raised. Forward (``jax.jvp``) and reverse
+    (``jax.vjp``) differentiation both pass through the custom JVP rule, so the error is
+    raised while the derivative is traced (at trace time, eagerly and under ``jax.jit``).
+    """
+    params = [
+        v
+        for v in jax.tree_util.tree_leaves(dist)
+        if jnp.issubdtype(jnp.result_type(v), jnp.inexact)
+    ]
+    return _underivable(str(error), x, params) if params else x
 
 
 def is_index_categorical(dist: Distribution) -> bool:

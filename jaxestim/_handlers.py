@@ -845,7 +845,11 @@ def while_loop(
     log-probabilities of the iterations actually run, and in the StochasticAD replay a jump
     may lengthen or shorten the loop. If the loop has not stopped after
     ``max_iterations`` steps, every floating leaf of the result is NaN (never a silently
-    truncated value): raise the bound.
+    truncated value): raise the bound. The NaN reaches the estimates as any NaN value
+    does: that sample's gradient, hence the mean (``je.grad``), is NaN, and with a
+    ``"leave_one_out"`` or ``"optimal"`` score-function baseline (built from the other
+    samples' values) every other sample's gradient too, so ``je.grad_samples`` rows cannot
+    be filtered to recover an estimate.
 
     Under an estimator transform ``max_iterations`` is required (reverse-mode
     differentiation and per-iteration records need a static bound), except under

@@ -40,9 +40,17 @@ class FlatRecordHandler(Handler):
         raise NotImplementedError
 
     def collect(self) -> dict[str, jax.Array]:
-        """Every record of this run, each field concatenated over sites (flat)."""
+        """Every record of this run, each field concatenated over sites (flat).
+
+        Empty parts (a ``je.cond`` or loop whose branches or body record nothing) are left
+        out: they carry no element, and keeping them would make the result look dependent,
+        to a dependence analysis of the traced program, on whatever such a cond's predicate
+        depends on.
+        """
         return {
-            f: jnp.concatenate([jnp.zeros((0,), self.dtype)] + [r[f] for r in self.records])
+            f: jnp.concatenate(
+                [jnp.zeros((0,), self.dtype)] + [r[f] for r in self.records if r[f].size]
+            )
             for f in self.fields
         }
 

@@ -50,7 +50,11 @@ logits (or mask) depend on ``t``: then :class:`jaxestim.EstimatorError` names
 ``je.score_function("leave_one_out")`` and ``je.stochastic_ad()``. The analysis is
 structural, so it also rejects a ``je.cond`` / ``je.while_loop`` whose predicate depends on
 a Bernoulli draw and whose branches contain Bernoulli sites (which sites run would depend on
-a draw), and a value multiplied by zero still counts as a dependence.
+a draw), and a value multiplied by zero still counts as a dependence. A draw that decides
+only the predicate of a ``je.cond`` / ``je.while_loop`` without Bernoulli sites in its
+branches or body is no dependence (such a cond records nothing, and empty records are left
+out of the record vectors, see :mod:`jaxestim.estimators._records`): the Bernoulli sites
+stay independent given ``theta``, and the estimate is unbiased.
 
 Other discrete sites (Categorical, Binomial, Poisson, Geometric, ...) raise
 :class:`jaxestim.EstimatorError`: the categorical extension (ARSM, Yin, Yue & Zhou 2019) is

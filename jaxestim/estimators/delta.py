@@ -44,7 +44,10 @@ estimate), and the Hessian of ``f`` in the ``d`` site elements at ``m`` by ``d``
 forward-over-reverse passes (``jax.jacfwd`` of the gradient, which also gives ``f(m)`` and
 ``grad f(m)``; memory ``O(d^2)``), so it suits programs with few random elements.
 
-Restrictions (``EstimatorError`` at trace time): discrete sites, sites with a non-scalar
+Restrictions (``EstimatorError`` at trace time): discrete sites whose parameters depend on
+``theta`` or on another site's draw (one whose parameters do not is part of "any other
+randomness": drawn from the key, with no score and no Taylor term; the dependence is
+decided as for :func:`jaxestim.pathwise`, when the derivatives are traced), sites with a non-scalar
 event (Dirichlet, multivariate Normal), sites whose support moves with the parameters
 (Uniform), sites whose parameters depend on another site's
 draw (the independence the expectation needs; found by a dependence analysis of the
@@ -64,7 +67,7 @@ import jax
 import jax.numpy as jnp
 
 from jaxestim._errors import EstimatorError
-from jaxestim._estimator import Estimator
+from jaxestim._estimator import Estimator, without_derivative
 from jaxestim._handlers import Handler, mask_value
 from jaxestim._util import pytree_dataclass
 from jaxestim.estimators.arm import _depends_on_taint
@@ -101,11 +104,13 @@ class _DeltaHandler(Handler):
                 f"flow). {_USE}."
             )
         self.check_recording_site(where)
-        if dist.is_discrete:
-            raise EstimatorError(
-                f"{where}: discrete sites have no Taylor expansion. {_USE} (or "
+        if dist.is_discrete:  # plain randomness of the program when theta-independent
+            error = EstimatorError(
+                f"{where}: discrete sites whose parameters depend on the parameters (or on "
+                f"another site's draw) have no Taylor expansion. {_USE} (or "
                 f"je.stochastic_ad() for discrete sites)."
             )
+            return without_derivative(dist.sample(key, sample_shape), dist, error)
         if dist.event_shape != ():
             raise EstimatorError(
                 f"{where}: only distributions with independent scalar elements "
@@ -164,7 +169,8 @@ class DeltaMethod(Estimator):
     lower variance than the plain score function when ``f`` is close to quadratic over the
     spread of ``x``, possibly higher when it is far from it. Sites: continuous, independent
     scalar elements with a closed-form mean and variance, parameters not depending on other
-    draws, outside control flow (``EstimatorError`` otherwise). Cost per sample: 2 forward
+    draws, outside control flow (``EstimatorError`` otherwise); discrete sites only with
+    parameters that depend neither on ``theta`` nor on other draws. Cost per sample: 2 forward
     runs, 1 reverse pass, and a Hessian in the ``d`` site elements (``d``
     forward-over-reverse passes). See :mod:`jaxestim.estimators.delta`. Made by
     ``je.score_function(control_variate="delta")`` or ``je.delta_method()``.

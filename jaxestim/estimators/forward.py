@@ -20,7 +20,7 @@ import jax.extend
 import jax.numpy as jnp
 
 from jaxestim._errors import EstimatorError
-from jaxestim._estimator import Estimator, site_error
+from jaxestim._estimator import Estimator, site_error, without_derivative
 from jaxestim._handlers import WholeProgramHandler, reject_override
 from jaxestim._util import fold_in_str, pytree_dataclass, static_field
 from jaxestim.distributions import Cauchy, Laplace, Logistic, Normal
@@ -34,7 +34,9 @@ COMPLEX_SITES = (Normal, Laplace, Logistic, Cauchy)
 
 
 class _PathwiseOnlyHandler(WholeProgramHandler):
-    """Reparameterized sampling at every site; discrete / non-reparameterized sites raise.
+    """Reparameterized sampling at every site; discrete / non-reparameterized sites raise
+    when differentiated in parameters that depend on theta (see
+    :func:`jaxestim._estimator.without_derivative`).
 
     ``label`` and ``suggest`` word the error (defaults: :func:`jaxestim.forward_gradient`'s).
     """
@@ -52,7 +54,7 @@ class _PathwiseOnlyHandler(WholeProgramHandler):
     def sample(self, key, dist, sample_shape, estimator, mask):
         reject_override(self.name, estimator)
         if dist.is_discrete or not dist.is_reparameterized:
-            raise site_error(
+            error = site_error(
                 self.label,
                 dist,
                 "it differentiates the program with forward-mode autodiff (pathwise at each "
@@ -60,6 +62,7 @@ class _PathwiseOnlyHandler(WholeProgramHandler):
                 "miss its contribution)",
                 self.suggest,
             )
+            return without_derivative(dist.sample(key, sample_shape), dist, error)
         return dist.rsample(key, sample_shape)
 
 
@@ -208,8 +211,10 @@ class ForwardGradient(Estimator):
     over the pathwise estimator is the price of needing no reverse pass (memory ``O(1)`` in
     the program length beyond the forward run). Cost per sample: ``k`` forward-mode runs
     (about ``2-3`` program evaluations each) plus one plain run for the value.
-    At a discrete sample site it raises :class:`EstimatorError` (use
-    :func:`jaxestim.stochastic_ad` in forward mode or :func:`jaxestim.score_function`).
+    At a discrete sample site whose parameters depend on ``theta`` it raises
+    :class:`EstimatorError` (use :func:`jaxestim.stochastic_ad` in forward mode or
+    :func:`jaxestim.score_function`); one whose parameters do not is fine, with a zero
+    derivative contribution (the rule of :class:`jaxestim.Pathwise`).
     """
 
     num_directions: int = static_field(default=1)
@@ -224,7 +229,8 @@ class ForwardGradient(Estimator):
             )
 
     def check_handler(self) -> _PathwiseOnlyHandler:
-        """The sample-site handler of one run (reparameterized sites; discrete ones raise)."""
+        """The sample-site handler of one run (reparameterized sites; theta-dependent
+        discrete ones raise)."""
         return _PathwiseOnlyHandler(self.name)
 
     def per_sample(self, call, key, theta):

@@ -6,7 +6,7 @@ from typing import Any, ClassVar, Literal, overload
 
 import jax
 
-from jaxestim._estimator import Estimator, site_error
+from jaxestim._estimator import Estimator, site_error, without_derivative
 from jaxestim._util import pytree_dataclass
 
 
@@ -19,15 +19,26 @@ class Pathwise(Estimator):
     and Dirichlet use implicit reparameterization (Figurnov et al., 2018), which
     ``jax.random.gamma`` implements. Unbiased, usually the lowest variance, costs one
     forward and one backward pass per sample, but needs continuous, reparameterizable
-    sites and ``f`` differentiable in ``x``. At a discrete site it raises
-    :class:`EstimatorError` (its gradient would silently be zero).
+    sites and ``f`` differentiable in ``x``.
+
+    Discrete (and other non-reparameterized) sites: a site whose parameters do not depend on
+    ``theta`` (constants, values computed from the key or from arguments that are not
+    differentiated, ``jax.lax.stop_gradient``) is drawn with ``dist.sample``; its derivative
+    contribution is exactly zero, so the estimate stays unbiased. A site whose parameters
+    depend on ``theta`` raises :class:`EstimatorError` (its gradient would silently be
+    zero) when the derivative is traced, eagerly and under ``jax.jit``: the site's value
+    carries a custom JVP rule that raises as soon as a parameter carries a tangent, so the
+    dependence is followed through ``je.scan`` / ``je.cond`` bodies, plain ``jax.lax``
+    control flow and ``jax.vmap``, and an enclosing ``jax.grad`` of an argument the site's
+    parameters depend on raises too. The test is structural: ``0 * theta`` counts as a
+    dependence.
     """
 
     name: ClassVar[str] = "pathwise"
 
     def process_site(self, ctx, key, dist, sample_shape):
         if dist.is_discrete or not dist.is_reparameterized:
-            raise site_error(
+            error = site_error(
                 "je.pathwise()",
                 dist,
                 "discrete samples have no reparameterization (the pathwise gradient would "
@@ -35,6 +46,7 @@ class Pathwise(Estimator):
                 "je.score_function(), je.stochastic_ad(), je.straight_through() or "
                 "je.gumbel_softmax() (Bernoulli/Categorical)",
             )
+            return without_derivative(dist.sample(key, sample_shape), dist, error)
         return dist.rsample(key, sample_shape)
 
 
@@ -56,7 +68,9 @@ class PathwiseForward(Estimator):
     estimator. Cost per sample: ``P`` forward-mode runs (one vmapped JVP over the identity
     basis, each about 2-3 program evaluations) including the value. It is a whole-program
     estimator: sites take no per-site ``estimator`` override, and a discrete or
-    non-reparameterized site raises :class:`EstimatorError` at trace time. Its estimates
+    non-reparameterized site whose parameters depend on ``theta`` raises
+    :class:`EstimatorError` at trace time (one whose parameters do not is fine, as for
+    :class:`Pathwise`). Its estimates
     cannot be differentiated again (an outer ``jax.grad`` raises); use reverse mode
     (``je.pathwise()``) for higher derivatives.
     """
@@ -66,7 +80,8 @@ class PathwiseForward(Estimator):
     display: ClassVar[str] = 'je.pathwise(mode="forward")'  # in error messages
 
     def check_handler(self) -> Any:
-        """The sample-site handler of one run (reparameterized sites; discrete ones raise)."""
+        """The sample-site handler of one run (reparameterized sites; theta-dependent
+        discrete ones raise)."""
         from jaxestim.estimators.forward import _PathwiseOnlyHandler
 
         return _PathwiseOnlyHandler(
