@@ -42,13 +42,14 @@ naming the jaxestim replacement.
 
 Keys. A PRNG key may reach at most one sample site per trace of the program, and a site
 inside a loop body must use a key that varies with the iteration (split in the carry,
-passed as ``xs``, or folded with the iteration index). Reusing a key makes two draws
-identical, which every estimator but the pathwise one then treats as independent -- a
-silently wrong gradient -- so both are :class:`EstimatorError` at trace time, under every
-estimator (pathwise included, for one rule). A key is reused when it is the key of an
-earlier site or is *computed by the same operations from the same inputs*, e.g.
-``jax.random.split(key)[0]`` written twice, ``jax.random.fold_in(key, i)`` twice in one
-loop body, or ``k.split(2)[0]`` twice for a :class:`LoopKey` (the check numbers the
+passed as ``xs``, or folded with the iteration index; a key the body computes only from
+keys outside the loop, such as ``jax.random.split(outer_key)[0]``, does not). Reusing a
+key makes two draws identical, which every estimator but the pathwise one then treats as
+independent -- a silently wrong gradient -- so both are :class:`EstimatorError` at trace
+time, under every estimator (pathwise included, for one rule). A key is reused when it is
+the key of an earlier site or is *computed by the same operations from the same inputs*,
+e.g. ``jax.random.split(key)[0]`` written twice, ``jax.random.fold_in(key, i)`` twice in
+one loop body, or ``k.split(2)[0]`` twice for a :class:`LoopKey` (the check numbers the
 equations that produced each key, :mod:`jaxestim._keys`: trace time only, linear in the
 size of the key computations). Keys that are equal for another reason are not detected:
 separate arguments of the program holding equal keys, or different operations that give
@@ -196,21 +197,21 @@ class Handler:
                 "estimators treat as independent (a silently wrong gradient). Split the key "
                 "(k1, k2 = jax.random.split(key)) and give every site its own."
             )
-        if (
-            probe is not None
-            and self._loop_outer is not None
-            and (
-                not isinstance(probe, _jax_core.Tracer)
-                or any(probe._trace is t for t in self._loop_outer)
-            )
-        ):
-            raise EstimatorError(
-                "je.sample: a site inside a je.scan / je.fori_loop / je.while_loop body uses a "
-                "key from outside the loop, so every iteration redraws the same numbers, which "
-                "the estimators treat as independent (a silently wrong gradient). Derive a key "
-                "per iteration: split it in the carry, pass jax.random.split(key, T) as xs, or "
-                "jax.random.fold_in(key, i) with the iteration index i."
-            )
+        if probe is not None and self._loop_outer is not None:
+            outer = {id(t) for t in self._loop_outer}
+            # computed only from values outside the body (or constants): every iteration's
+            if self._numbering.inputs(number) <= outer or (
+                isinstance(probe, _jax_core.Tracer) and id(probe._trace) in outer
+            ):
+                raise EstimatorError(
+                    "je.sample: a site inside a je.scan / je.fori_loop / je.while_loop body "
+                    "uses a key from outside the loop (or one computed only from such keys, "
+                    "e.g. jax.random.split(key)[0] of an outer key), so every iteration "
+                    "redraws the same numbers, which the estimators treat as independent (a "
+                    "silently wrong gradient). Derive a key per iteration: split it in the "
+                    "carry, pass jax.random.split(key, T) as xs, or jax.random.fold_in(key, i) "
+                    "with the iteration index i."
+                )
         self._keys.add(number)
 
     def spawn(self, child: Handler, kind: str) -> Handler:

@@ -45,13 +45,16 @@ _MAX_VALUE_ELEMENTS = 1 << 12
 class ValueNumbering:
     """Value numbers of traced values (see the module docs); one table per program trace.
 
-    :meth:`number` returns an int; equal ints mean equal values. The table keeps every
-    numbered object alive while it lives, so object ids stay unique.
+    :meth:`number` returns an int; equal ints mean equal values. :meth:`inputs` tells which
+    traces' inputs a value depends on (a key in a loop body that depends on no input of the
+    body is the same in every iteration). The table keeps every numbered object alive while
+    it lives, so object ids stay unique.
     """
 
     def __init__(self) -> None:
         self._memo: dict[int, tuple[Any, int]] = {}  # id(obj) -> (obj, number)
         self._table: dict[Hashable, int] = {}
+        self._inputs: list[frozenset[int]] = []  # by number: ids of the traces of its inputs
 
     def number(self, x: Any) -> int:
         """The value number of ``x`` (a tracer, a concrete array, or any other object)."""
@@ -62,51 +65,65 @@ class ValueNumbering:
             if id(y) in memo:
                 stack.pop()
                 continue
-            tag, deps = _structure(y)
+            tag, deps, own = _structure(y)
             missing = [d for d in deps if id(d) not in memo]
             if missing:
                 stack.extend(missing)
                 continue
             stack.pop()
             nums = tuple(memo[id(d)][1] for d in deps)
-            if tag is _ALIAS:
-                n = nums[0]
-            else:
-                n = self._table.setdefault((tag, nums), len(self._table))
+            n = nums[0] if tag is _ALIAS else self._intern(tag, nums, own)
             memo[id(y)] = (y, n)
         return memo[id(x)][1]
 
     def combine(self, tag: Hashable, *deps: Any) -> int:
         """The number of a value made by ``tag`` (hashable, compared by ``==``) from ``deps``."""
-        nums = tuple(self.number(d) for d in deps)
-        return self._table.setdefault((tag, nums), len(self._table))
+        return self._intern(tag, tuple(self.number(d) for d in deps), frozenset())
+
+    def inputs(self, number: int) -> frozenset[int]:
+        """The ids of the traces whose inputs (function arguments) the value depends on;
+        :data:`UNKNOWN_INPUT` among them where the structure could not be read."""
+        return self._inputs[number]
+
+    def _intern(self, tag: Hashable, nums: tuple[int, ...], own: frozenset[int]) -> int:
+        n = self._table.get((tag, nums))
+        if n is None:
+            n = self._table[(tag, nums)] = len(self._inputs)
+            self._inputs.append(own.union(*(self._inputs[m] for m in nums)))
+        return n
 
 
 _ALIAS = object()  # tag: the value is its single dependency (a lifted constant)
+#: in :meth:`ValueNumbering.inputs`: the value may depend on inputs that could not be read
+UNKNOWN_INPUT = -1
+_NONE: frozenset[int] = frozenset()
+_UNKNOWN = frozenset({UNKNOWN_INPUT})
 
 
-def _structure(x: Any) -> tuple[Any, list[Any]]:
-    """``(tag, deps)``: ``x``'s number is that of ``(tag, numbers of deps)``."""
+def _structure(x: Any) -> tuple[Any, list[Any], frozenset[int]]:
+    """``(tag, deps, inputs)``: ``x``'s number is that of ``(tag, numbers of deps)``;
+    ``inputs``: the traces of the inputs that ``x`` is itself (besides its deps')."""
     if isinstance(x, _JaxprTracer):
         eqn = x.parent
         if eqn is not None:
-            return ("out", _position(eqn.outvars, x.val)), [eqn]
+            return ("out", _position(eqn.outvars, x.val)), [eqn], _NONE
         atom = x.val
         if isinstance(atom, _Literal):
-            return _value_tag(atom.val, x, str(x.aval)), []
+            return _value_tag(atom.val, x, str(x.aval)), [], _NONE
         const = x._trace.frame.constvar_to_val.get(atom, _MISSING)
         if const is not _MISSING:
-            return _ALIAS, [const]
-        return ("input", id(atom)), []  # an argument of the traced function
+            return _ALIAS, [const], _NONE
+        # an argument of the traced function
+        return ("input", id(atom)), [], frozenset({id(x._trace)})
     if isinstance(x, _BatchTracer):
-        return ("batched", str(x.batch_dim)), [x.val]
+        return ("batched", str(x.batch_dim)), [x.val], _NONE
     if _is_eqn(x):
         if x.effects:
-            return ("unknown", id(x)), []
-        return ("eqn", x.primitive, _freeze(x.params)), list(x.in_tracers)
+            return ("unknown", id(x)), [], _UNKNOWN
+        return ("eqn", x.primitive, _freeze(x.params)), list(x.in_tracers), _NONE
     if isinstance(x, jax.core.Tracer):
-        return ("unknown", id(x)), []
-    return _value_tag(x, x), []
+        return ("unknown", id(x)), [], _UNKNOWN
+    return _value_tag(x, x), [], _NONE
 
 
 _MISSING = object()

@@ -106,6 +106,33 @@ def test_equal_keys_in_a_scan_body_raise():
     _raises(from_xs, THETA, est=SAD)
 
 
+def test_loop_invariant_key_computed_in_the_body_raises():
+    def split_outer(key, theta):  # the same key in every iteration
+        def step(c, _):
+            return c + je.sample(jax.random.split(key)[0], D.Poisson(theta)), None
+
+        return je.scan(step, 0.0, None, length=3)[0]
+
+    def constant(key, theta):
+        def body(i, c):
+            return c + je.sample(jax.random.key(5), D.Poisson(theta))
+
+        return je.fori_loop(0, 3, body, 0.0)
+
+    def nested(key, theta):  # varies with the outer iteration, not with the inner one
+        def outer(c, k):
+            def inner(c2, _):
+                return c2 + je.sample(jax.random.split(k)[0], D.Poisson(theta)), None
+
+            return je.scan(inner, c, None, length=2)[0], None
+
+        return je.scan(outer, 0.0, jax.random.split(key, 3))[0]
+
+    for fn in (split_outer, constant, nested):
+        _raises(fn, THETA, est=SF, match="outside the loop")
+    _raises(split_outer, THETA, est=SAD, match="outside the loop")
+
+
 def test_equal_key_in_a_branch_and_outside_raises():
     def before(key, theta):
         x = je.sample(jax.random.split(key)[0], D.Poisson(theta))
@@ -190,7 +217,22 @@ def test_legitimately_different_keys_do_not_raise():
             lambda: 2.0 * je.sample(jax.random.split(key)[0], D.Poisson(theta)),
         )
 
-    for fn in (different_keys, rows, loop_key, branches):
+    def nested(key, theta):
+        def outer(c, k):
+            def inner(c2, i):
+                return c2 + je.sample(jax.random.fold_in(k, i), D.Poisson(theta)), None
+
+            return je.scan(inner, c, jnp.arange(2))[0], None
+
+        return je.scan(outer, 0.0, jax.random.split(key, 3))[0]
+
+    def segments(key, theta):
+        def step(c, k):
+            return c + je.sample(jax.random.split(k)[1], D.Poisson(theta)), None
+
+        return je.scan(step, 0.0, jax.random.split(key, 5), checkpoint_every=2)[0]
+
+    for fn in (different_keys, rows, loop_key, branches, nested, segments):
         _traces(fn, SF, THETA)
     _traces(rows, SAD, THETA)
 
