@@ -35,8 +35,9 @@ try:  # private JAX: the only place jaxestim reads a tracer's producing equation
     from jax._src.core import Literal as _Literal
     from jax._src.interpreters.batching import BatchTracer as _BatchTracer
     from jax._src.interpreters.partial_eval import DynamicJaxprTracer as _JaxprTracer
+    from jax._src.interpreters.partial_eval import TracingEqn as _TracingEqn
 except ImportError:  # pragma: no cover - other JAX versions: every tracer is "unknown"
-    _Literal = _BatchTracer = _JaxprTracer = ()
+    _Literal = _BatchTracer = _JaxprTracer = _TracingEqn = ()
 
 #: concrete arrays up to this many elements are numbered by value, larger ones by identity
 _MAX_VALUE_ELEMENTS = 1 << 12
@@ -106,7 +107,7 @@ def _structure(x: Any) -> tuple[Any, list[Any], frozenset[int]]:
     if isinstance(x, _JaxprTracer):
         eqn = x.parent
         if eqn is not None:
-            return ("out", _position(eqn.outvars, x.val)), [eqn], _NONE
+            return ("out", eqn.outvars.index(x.val)), [eqn], _NONE  # Vars compare by id
         atom = x.val
         if isinstance(atom, _Literal):
             return _value_tag(atom.val, x, str(x.aval)), [], _NONE
@@ -117,7 +118,7 @@ def _structure(x: Any) -> tuple[Any, list[Any], frozenset[int]]:
         return ("input", id(atom)), [], frozenset({id(x._trace)})
     if isinstance(x, _BatchTracer):
         return ("batched", str(x.batch_dim)), [x.val], _NONE
-    if _is_eqn(x):
+    if isinstance(x, _TracingEqn):
         if x.effects:
             return ("unknown", id(x)), [], _UNKNOWN
         return ("eqn", x.primitive, _freeze(x.params)), list(x.in_tracers), _NONE
@@ -127,17 +128,6 @@ def _structure(x: Any) -> tuple[Any, list[Any], frozenset[int]]:
 
 
 _MISSING = object()
-
-
-def _is_eqn(x: Any) -> bool:
-    return type(x).__name__ == "TracingEqn" and hasattr(x, "in_tracers")
-
-
-def _position(outvars: list[Any], var: Any) -> int:
-    for i, v in enumerate(outvars):
-        if v is var:
-            return i
-    return -1 - id(var)  # not found: a position of its own  # pragma: no cover
 
 
 def _value_tag(value: Any, owner: Any, aval: str | None = None) -> Hashable:
@@ -160,10 +150,10 @@ def _value_tag(value: Any, owner: Any, aval: str | None = None) -> Hashable:
 
 
 def _freeze(v: Any) -> Hashable:
-    """A hashable stand-in for an equation parameter; unequal parameters never collide."""
+    """A hashable stand-in for an equation parameter (equal for equal parameters)."""
     try:
         hash(v)
-        return v
+        return (type(v), v)  # 1, 1.0 and True hash alike
     except TypeError:
         pass
     if isinstance(v, dict):

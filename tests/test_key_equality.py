@@ -252,7 +252,8 @@ def test_keys_passed_as_separate_arguments_are_not_compared():
 
 def test_value_numbering_reads_jax_tracers():
     """Fails loudly if JAX's internals change so that the structure cannot be read."""
-    assert _keys._JaxprTracer != (), "jax._src internals moved: key equality is not detected"
+    internals = (_keys._Literal, _keys._BatchTracer, _keys._JaxprTracer, _keys._TracingEqn)
+    assert () not in internals, "jax._src internals moved: key equality is not detected"
     found = {}
 
     def fn(key, i):
