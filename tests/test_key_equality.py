@@ -60,6 +60,18 @@ def test_key_derived_twice_raises(est):
     _raises(poisson_twice, THETA, est=est)
 
 
+def test_key_derived_twice_raises_without_the_compilation_cache():
+    class Options:  # an unhashable static argument: the transform runs its Python eagerly
+        __hash__ = None
+
+    def f(key, theta, options):
+        return poisson_twice(key, theta)
+
+    for est in (SAD, SF, je.finite_difference()):
+        with pytest.raises(je.EstimatorError, match=SAME):
+            je.grad(f, est, num_samples=4)(KEY, THETA, Options())
+
+
 def test_key_derived_twice_raises_under_pathwise():
     # pathwise would handle identical draws correctly; the key rule holds for every estimator
     _raises(normal_twice, THETA, est=je.pathwise())
