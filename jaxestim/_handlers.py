@@ -42,10 +42,20 @@ naming the jaxestim replacement.
 
 Keys. A PRNG key may reach at most one sample site per trace of the program, and a site
 inside a loop body must use a key that varies with the iteration (split in the carry,
-passed as ``xs``, or folded with the iteration index). Reusing a key makes two draws
-identical, which every estimator but the pathwise one then treats as independent -- a
-silently wrong gradient -- so both are :class:`EstimatorError` at trace time. Sites in
-different branches of one :func:`cond` may share a key (only one of them runs).
+passed as ``xs``, or folded with the iteration index; a key the body computes only from
+keys outside the loop, such as ``jax.random.split(outer_key)[0]``, does not). Reusing a
+key makes two draws identical, which every estimator but the pathwise one then treats as
+independent -- a silently wrong gradient -- so both are :class:`EstimatorError` at trace
+time, under every estimator (pathwise included, for one rule). A key is reused when it is
+the key of an earlier site or is *computed by the same operations from the same inputs*,
+e.g. ``jax.random.split(key)[0]`` written twice, ``jax.random.fold_in(key, i)`` twice in
+one loop body, or ``k.split(2)[0]`` twice for a :class:`LoopKey` (the check numbers the
+equations that produced each key, :mod:`jaxestim._keys`: trace time only, linear in the
+size of the key computations). Keys that are equal for another reason are not detected:
+separate arguments of the program holding equal keys, or different operations that give
+the same key (for threefry keys ``jax.random.fold_in(key, i)`` equals
+``jax.random.split(key, n)[i]``: do not mix the two on one key). Sites in different
+branches of one :func:`cond` may share a key (only one of them runs).
 """
 
 from __future__ import annotations
@@ -63,6 +73,7 @@ from jax.extend.random import threefry_2x32 as _threefry_2x32
 from jaxestim import _validation
 from jaxestim._errors import EstimatorError
 from jaxestim._estimator import Estimator
+from jaxestim._keys import ValueNumbering
 from jaxestim._util import check_key, concrete
 from jaxestim.distributions import Distribution, _foreign
 from jaxestim.distributions._base import RandomStream, _canonical_sample_shape
@@ -125,7 +136,8 @@ class Handler:
     name: str = "estimator"
 
     def __init__(self) -> None:
-        self._keys: list[Any] = []
+        self._keys: set[int] = set()  # value numbers of the keys that reached sites
+        self._numbering = ValueNumbering()
         self._ancestors: tuple[Any, ...] = ()
         self._loop_outer: tuple[Any, ...] | None = None
         self._trace: Any = None
@@ -164,45 +176,57 @@ class Handler:
             )
 
     def note_key(self, key: Any) -> None:
-        """Record that ``key`` reached a site; raise if it was reused (see module docs)."""
-        if any(k is key for k in self._keys):
-            raise EstimatorError(
-                "je.sample: the same PRNG key reached two sample sites; their draws would be "
-                "identical, which the estimators treat as independent (a silently wrong "
-                "gradient). Split the key (k1, k2 = jax.random.split(key)) and give every "
-                "site its own."
-            )
+        """Record that ``key`` reached a site; raise if it was reused (see module docs).
+
+        A key is reused when it is the key of an earlier site of this run or computed by the
+        same operations from the same inputs (:class:`jaxestim._keys.ValueNumbering`).
+        """
         probe = key
         if isinstance(key, LoopKey):
             probe = key._words
-            if probe is None:  # je.scan's counting trace: nothing to check yet
-                self._keys.append(key)
-                return
-        if self._loop_outer is not None and (
-            not isinstance(probe, _jax_core.Tracer)
-            or any(probe._trace is t for t in self._loop_outer)
-        ):
+            # its iteration's words (None in je.scan's counting trace) at its position
+            deps = () if probe is None else (probe,)
+            number = self._numbering.combine(("loop key", key._node), *deps)
+        else:
+            number = self._numbering.number(key)
+        if number in self._keys:
             raise EstimatorError(
-                "je.sample: a site inside a je.scan / je.fori_loop / je.while_loop body uses a "
-                "key from outside the loop, so every iteration redraws the same numbers, which "
-                "the estimators treat as independent (a silently wrong gradient). Derive a key "
-                "per iteration: split it in the carry, pass jax.random.split(key, T) as xs, or "
-                "jax.random.fold_in(key, i) with the iteration index i."
+                "je.sample: the same PRNG key reached two sample sites (one key, or keys "
+                "computed by the same operations from the same key, e.g. "
+                "jax.random.split(key)[0] twice); their draws would be identical, which the "
+                "estimators treat as independent (a silently wrong gradient). Split the key "
+                "(k1, k2 = jax.random.split(key)) and give every site its own."
             )
-        self._keys.append(key)
+        if probe is not None and self._loop_outer is not None:
+            outer = {id(t) for t in self._loop_outer}
+            # computed only from values outside the body (or constants): every iteration's
+            if self._numbering.inputs(number) <= outer or (
+                isinstance(probe, _jax_core.Tracer) and id(probe._trace) in outer
+            ):
+                raise EstimatorError(
+                    "je.sample: a site inside a je.scan / je.fori_loop / je.while_loop body "
+                    "uses a key from outside the loop (or one computed only from such keys, "
+                    "e.g. jax.random.split(key)[0] of an outer key), so every iteration "
+                    "redraws the same numbers, which the estimators treat as independent (a "
+                    "silently wrong gradient). Derive a key per iteration: split it in the "
+                    "carry, pass jax.random.split(key, T) as xs, or jax.random.fold_in(key, i) "
+                    "with the iteration index i."
+                )
+        self._keys.add(number)
 
     def spawn(self, child: Handler, kind: str) -> Handler:
         """Set up ``child`` for a loop body (``kind="loop"``) or a branch (``"branch"``)."""
         if child is self:
             child = copy.copy(self)
         child._ancestors = (*self._ancestors, self._trace)
+        child._numbering = self._numbering  # one table per run: numbers stay comparable
         if kind == "loop":
             # every trace outside the body: the enclosing handlers' and their parents
             child._loop_outer = tuple(t for a in child._ancestors for t in _trace_chain(a))
-            child._keys = []
+            child._keys = set()
         else:
             child._loop_outer = self._loop_outer
-            child._keys = list(self._keys)
+            child._keys = set(self._keys)
         return child
 
     def cost(self, value: jax.Array) -> jax.Array:
@@ -978,9 +1002,7 @@ def switch(index: Any, branches: Sequence[Callable[..., Any]], *operands: Any) -
     out, st_out, records = jax.lax.switch(index, wrapped, state, operands)
     handler.absorb_branches(st_out, records, layout)
     for child in used:
-        for k in child._keys:
-            if not any(k is j for j in handler._keys):
-                handler._keys.append(k)
+        handler._keys |= child._keys
     return out
 
 
