@@ -471,7 +471,8 @@ class ContinuousDistribution(Distribution):
         sampler already is such a transform (location-scale families, ``Uniform``,
         ``Exponential``, ``MultivariateNormal``). ``Gamma`` (and ``StudentT``, ``Beta``,
         ``Dirichlet``, built on it), whose :meth:`rsample` is a rejection sampler that jumps
-        as the concentration moves, sample by inversion here instead (:meth:`Gamma.icdf`).
+        as the concentration moves, sample by inversion here instead
+        (:meth:`jaxestim.distributions.Gamma.icdf`).
         Raises ``NotImplementedError`` for a family that is not known to be coupled
         (``_coupled = False``, the default of subclasses outside jaxestim).
         """

@@ -95,14 +95,8 @@ def _gamma_log_icdf(a: Array, u: Array) -> Array:
       ``x -> 0``) where ``u <= P(a, 1)``, else the exponential tail
       ``x = 1 + log(Q(a, 1) / (1 - u))``.
 
-    Accuracy: ``|F(x) - u| / min(u, 1 - u)`` about ``1e-14`` in float64 for ``a`` in
-    ``[1e-3, 1e3]``; in float32 it is that of ``jax.scipy.special.gammainc`` itself (about
-    ``1e-5`` for ``a`` in ``[0.1, 100]``, ``1e-3`` at ``a = 1e-3`` or ``1e4``). Working in
-    ``log x`` keeps draws below the dtype's ``tiny`` finite in ``y`` (``exp(y)`` rounds to 0).
-    A fixed number of steps and a guess that is continuous in ``a`` up to the solver's
-    tolerance: ``y`` is a smooth function of ``(a, u)`` to working precision. Cost per draw:
-    nine incomplete gamma functions (both tails at each step, and ``Q(a, 1)``), one ``ndtri``
-    and two ``lgamma``, several times a rejection draw.
+    Working in ``log x`` keeps draws below the dtype's ``tiny`` finite in ``y`` (``Beta`` and
+    ``Dirichlet`` normalize in log space). Accuracy and cost: :meth:`Gamma.icdf`.
     """
     a, u = jnp.broadcast_arrays(a, u)
     one = jnp.ones_like(a)
@@ -517,10 +511,16 @@ class Gamma(ContinuousDistribution):
     def icdf(self, u: ArrayLike) -> Array:
         """The quantile function ``F^{-1}(u)`` for ``u`` in ``(0, 1)``.
 
-        ``x = P^{-1}(a, u) / rate`` by safeguarded Halley steps on the regularized incomplete
-        gamma functions in ``log x`` (accuracy and cost: :func:`_gamma_log_icdf`); continuous,
-        and increasing, in ``a`` and ``u``, which makes it the coupling common random numbers
-        use (:meth:`coupled_sample`). NaN where the parameters are invalid.
+        ``x = P^{-1}(a, u) / rate``, ``P`` the regularized lower incomplete gamma function,
+        by four safeguarded Halley steps in ``log x`` on ``log P`` (``u <= 1/2``) or ``log Q``
+        (``Q = 1 - P``, above) from a Wilson-Hilferty (``a >= 1``) or small-``a`` guess.
+        Continuous, and increasing, in ``a`` and ``u``: the coupling common random numbers
+        use (:meth:`coupled_sample`). Accuracy, ``|F(x) - u| / min(u, 1 - u)``: about
+        ``1e-14`` in float64 for ``a`` in ``[1e-3, 1e3]``; in float32 that of
+        ``jax.scipy.special.gammainc`` itself, about ``1e-5`` for ``a`` in ``[0.1, 100]``
+        (``1e-3`` at ``a = 1e-3`` or ``1e4``). Quantiles below the dtype's ``tiny`` round to
+        0. Cost: nine incomplete gamma functions, one ``ndtri`` and two ``lgamma`` per value,
+        several times a rejection draw. NaN where the parameters are invalid.
         """
         y = _gamma_log_icdf(self._concentration, _value(u, self.dtype))
         return self._poison(jnp.exp(y) / self._rate)
