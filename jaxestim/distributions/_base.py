@@ -336,13 +336,10 @@ class Distribution(abc.ABC):
     def sample(self, key: Array, sample_shape: int | Sequence[int] = ()) -> Array:
         """Draws samples of shape ``sample_shape + batch_shape + event_shape``."""
 
-    #: whether :meth:`coupled_sample` gives draws continuous (for discrete families: monotone
-    #: by inversion) in the parameters for a fixed key, as common random numbers need
+    #: whether the family has a ``coupled_sample`` whose draws, for a fixed key, are continuous
+    #: (for discrete families: monotone, by inversion) in the parameters, as common random
+    #: numbers need (see :meth:`ContinuousDistribution.coupled_sample`)
     _coupled: ClassVar[bool] = False
-
-    def coupled_sample(self, key: Array, sample_shape: int | Sequence[int] = ()) -> Array:
-        """Draws for common random numbers (see :meth:`ContinuousDistribution.coupled_sample`)."""
-        raise NotImplementedError(f"{type(self).__name__} has no coupled sampler")
 
     @abc.abstractmethod
     def log_prob(self, value: ArrayLike) -> Array:
