@@ -47,8 +47,9 @@ def _build_parser(program_names: list[str]) -> argparse.ArgumentParser:
             "comparison table per program (mean, std, SE, bias, z-score against the "
             "exact gradient, compile time, time per sample, work-normalized variance) and "
             "the recommended estimator (smallest work-normalized variance among those "
-            "within 5 standard errors of the exact gradient, with the reason each other "
-            "estimator was excluded), and write results.md and one PNG per program "
+            "within 3 standard errors of the exact gradient and not documented biased, "
+            "with the reason each other estimator was excluded), and write results.md and "
+            "one PNG per program "
             "(histograms and work-normalized variances) into --out."
         ),
     )
@@ -157,9 +158,10 @@ def _run_demo(args: argparse.Namespace, selected: dict[str, list[str]]) -> int:
         f"JAX {jax.__version__} on {jax.default_backend()}. Work-normalized variance = "
         "per-sample variance × seconds per sample: the smallest reaches a target standard "
         "error soonest among unbiased estimators, so each program's recommendation ranks "
-        "only the estimators whose mean is within 5 standard errors of the exact gradient "
-        "(a zero-variance estimator must match it to float tolerance) and lists why the "
-        "others were excluded.\n",
+        "only the estimators whose mean is within 3 standard errors of the exact gradient "
+        "(a zero-variance estimator must match it to float tolerance), leaves out those "
+        "documented biased (finite differences, relaxations, straight-through) unless they "
+        "are exact on the program, and lists why the others were excluded.\n",
     ]
     start = time.perf_counter()
     names = list(selected)

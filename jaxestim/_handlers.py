@@ -1044,4 +1044,8 @@ class WholeProgramHandler(Handler):
 
     def sample(self, key, dist, sample_shape, estimator, mask):
         reject_override(self.name, estimator)
+        # an estimator may choose how its runs draw (finite differences: coupled samplers)
+        site_sample = getattr(self.estimator, "site_sample", None)
+        if site_sample is not None:
+            return site_sample(key, dist, sample_shape)
         return dist.sample(key, sample_shape)

@@ -26,7 +26,7 @@ def test_demo_writes_tables_and_plots(tmp_path, capsys):
     assert "straight_through is biased unless f is linear" in out.out
     md = (tmp_path / "results.md").read_text(encoding="utf-8")
     assert "## bernoulli" in md and "| estimator | mean |" in md
-    assert "**Recommended: straight_through**" in md and "within 5 SE" in md
+    assert "**Recommended: straight_through**" in md and "within 3 SE" in md
     assert "bernoulli.png" in md
     png = tmp_path / "bernoulli.png"
     assert png.exists() and png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

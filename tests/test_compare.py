@@ -253,13 +253,45 @@ def test_best_with_exact_excludes_biased_estimator(bern_report):
     assert wnv == sorted(wnv)
     assert rep.best() == rec.name == rec.ranking[0]
     assert "recommended: " + rec.name in str(rec) and "st excluded: bias" in str(rec)
-    # finite differences are biased in general: if they qualify the reason says so
-    if "fd" in rec.included:
-        assert "undetectable" in rec.included["fd"]
-    # straight-through qualifies only with a very loose threshold
-    assert "st" in rep.recommend(z_threshold=20).ranking
+    # finite differences are biased in general: never ranked, whatever their z-score
+    assert "fd" not in rec.ranking and "finite_difference is biased" in rec.excluded["fd"]
+    # straight-through is documented biased: not ranked even with a very loose threshold
+    assert "straight_through is biased" in rep.recommend(z_threshold=20).excluded["st"]
     with pytest.raises(ValueError, match="z_threshold"):
         rep.recommend(z_threshold=-1)
+
+
+def test_recommend_skips_a_biased_or_inconsistent_winner(bern_report):
+    rep = dataclasses.replace(bern_report)
+    exact, sf = 1.6, bern_report["sf"]
+
+    def fake(name, z, wnv):  # sf's spread, the mean z SE from the exact value
+        mean = np.asarray([exact + z * sf.se_flat[0]])
+        return dataclasses.replace(
+            sf, name=name, estimator=bern_report[name].estimator, mean_flat=mean,
+            bias_flat=mean - exact, z_flat=np.asarray([z]), work_normalized_variance=wnv,
+        )  # fmt: skip
+
+    rep.results = dict(bern_report.results)
+    # finite differences with the smallest work-normalized variance and |z| = 0.5: biased
+    # (O(h^2)) whatever the z-score, so not ranked
+    rep.results["fd"] = fake("fd", 0.5, 1e-12)
+    # an unbiased estimator 4 SE from the exact value: inconsistent at the 3 SE default
+    rep.results["sad"] = fake("sad", 4.0, 1e-11)
+    rec = rep.recommend()
+    assert rec.name == "sf" and rec.ranking == ("sf",)
+    assert "finite_difference is biased" in rec.excluded["fd"]
+    assert "within 3 SE" in rec.excluded["fd"] and "not by zero" in rec.excluded["fd"]
+    assert "is 4 SE from the exact value (threshold 3 SE)" in rec.excluded["sad"]
+    assert "within 3 SE" in rec.criterion and "documented biased" in rec.criterion
+    assert rep.best() == "sf"
+    # a looser threshold admits the 4 SE estimate, never the biased one
+    loose = rep.recommend(z_threshold=5)
+    assert loose.name == "sad" and "fd" in loose.excluded
+    # an estimator the library knows nothing about is judged by the consistency check alone
+    mystery = dataclasses.replace(rep["sf"], name="mystery", estimator=SimpleNamespace(name="m"))
+    rep.results["mystery"] = mystery
+    assert "judged by this check alone" in rep.recommend().included["mystery"]
 
 
 def test_best_without_exact_ranks_documented_unbiased_only(bern_report):

@@ -336,6 +336,11 @@ class Distribution(abc.ABC):
     def sample(self, key: Array, sample_shape: int | Sequence[int] = ()) -> Array:
         """Draws samples of shape ``sample_shape + batch_shape + event_shape``."""
 
+    #: whether the family has a ``coupled_sample`` whose draws, for a fixed key, are continuous
+    #: (for discrete families: monotone, by inversion) in the parameters, as common random
+    #: numbers need (see :meth:`ContinuousDistribution.coupled_sample`)
+    _coupled: ClassVar[bool] = False
+
     @abc.abstractmethod
     def log_prob(self, value: ArrayLike) -> Array:
         """Log density / mass of ``value``, of shape ``broadcast(sample dims) + batch_shape``."""
@@ -434,6 +439,13 @@ class ContinuousDistribution(Distribution):
     def _rsample(self, key: Array, shape: Shape) -> Array:
         """Reparameterized draws of shape ``shape`` (= sample + batch + event shape)."""
 
+    def _coupled_rsample(self, key: Array, shape: Shape) -> Array:
+        """Draws that, for a fixed key, are continuous in every parameter (see
+        :meth:`coupled_sample`): :meth:`_rsample` itself for the families whose sampler is a
+        smooth transform of parameter-free noise (``_coupled = True``); rejection samplers
+        override it."""
+        return self._rsample(key, shape)
+
     def rsample(self, key: Array, sample_shape: int | Sequence[int] = ()) -> Array:
         """Reparameterized samples, differentiable w.r.t. all float parameters.
 
@@ -445,14 +457,42 @@ class ContinuousDistribution(Distribution):
             Array of shape ``sample_shape + batch_shape + event_shape`` in the parameter dtype;
             NaN for batch elements whose (traced) parameters are invalid.
         """
+        return self._draw(key, sample_shape, coupled=False)
+
+    def coupled_sample(self, key: Array, sample_shape: int | Sequence[int] = ()) -> Array:
+        """Samples that, for a fixed ``key``, are continuous functions of the parameters.
+
+        What common random numbers need (:func:`jaxestim.finite_difference`): the same key
+        at ``theta`` and ``theta + h`` gives draws ``O(h)`` apart. Same distribution, shapes
+        and NaN poisoning as :meth:`rsample`, and the same draws for the families whose
+        sampler already is such a transform (location-scale families, ``Uniform``,
+        ``Exponential``, ``MultivariateNormal``). ``Gamma`` (and ``StudentT``, ``Beta``,
+        ``Dirichlet``, built on it), whose :meth:`rsample` is a rejection sampler that jumps
+        as the concentration moves, sample by inversion here instead
+        (:meth:`jaxestim.distributions.Gamma.icdf`).
+        Raises ``NotImplementedError`` for a family that is not known to be coupled
+        (``_coupled = False``, the default of subclasses outside jaxestim).
+        """
+        if not self._coupled:
+            raise NotImplementedError(
+                f"{type(self).__name__} has no sampler known to be continuous in its parameters "
+                "for a fixed key (set `_coupled = True` if `_rsample` is one, or override "
+                "`_coupled_rsample`)"
+            )
+        return self._draw(key, sample_shape, coupled=True)
+
+    def _draw(self, key: Array, sample_shape: int | Sequence[int], coupled: bool) -> Array:
+        """:meth:`rsample` (``coupled=False``) or :meth:`coupled_sample` (``coupled=True``)."""
         _validate_key(key)
         if isinstance(key, RandomStream) and not self._stream_native:
             key = key.jax_key()  # samplers that need more than one word per draw
         shape = self._full_shape(sample_shape)
         if self._nan_params_propagate:
             # NaN parameters where invalid: O(batch) work instead of O(sample x batch)
-            return self._with_nan_params()._rsample(key, shape)
-        return self._poison(self._rsample(key, shape), len(self.event_shape))
+            d = self._with_nan_params()
+            return (d._coupled_rsample if coupled else d._rsample)(key, shape)
+        x = self._coupled_rsample(key, shape) if coupled else self._rsample(key, shape)
+        return self._poison(x, len(self.event_shape))
 
     def sample(self, key: Array, sample_shape: int | Sequence[int] = ()) -> Array:
         """Same as :meth:`rsample` (continuous families are reparameterized)."""
@@ -500,6 +540,12 @@ class DiscreteDistribution(Distribution):
     def index_from_value(self, x: ArrayLike) -> Array:
         """Maps sample values to outcome indices (integer-valued floats)."""
         return jnp.asarray(x, self.dtype)
+
+    _coupled: ClassVar[bool] = True
+
+    def coupled_sample(self, key: Array, sample_shape: int | Sequence[int] = ()) -> Array:
+        """Same as :meth:`sample`: inversion is monotone in the parameters for a fixed key."""
+        return self.sample(key, sample_shape)
 
     def sample(self, key: Array, sample_shape: int | Sequence[int] = ()) -> Array:
         """Samples ``value_from_index(icdf(uniforms(key, sample_shape)))``.

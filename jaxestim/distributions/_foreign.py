@@ -14,12 +14,16 @@ enumeration; the weak derivatives of measure-valued estimators). Hence at a fore
   :func:`jaxestim.score_function` (every site), :func:`jaxestim.auto` (pathwise where
   reparameterized, score function elsewhere),
   :func:`jaxestim.finite_difference` with independent keys (every site) or with common random
-  numbers (reparameterized continuous sites), :func:`jaxestim.forward_gradient` (reparameterized
-  continuous sites) and the complex step when the site's parameters do not depend on ``theta``;
+  numbers (continuous sites of a family whose numpyro sampler is a smooth transform of
+  parameter-free noise: Normal, LogNormal, Laplace, Logistic, Cauchy, Uniform, Exponential,
+  Gumbel, HalfNormal, HalfCauchy, the multivariate normals, and transformed distributions of
+  them), :func:`jaxestim.forward_gradient` (reparameterized continuous sites) and the complex
+  step when the site's parameters do not depend on ``theta``;
 * raise :class:`jaxestim.EstimatorError` at trace time, naming the jaxestim family to use
   instead: every other estimator (``stochastic_ad``, common-random-number finite differences at
-  discrete sites, DisARM/ARM, enumeration, the relaxations, REBAR/RELAX, measure-valued, and any
-  estimator not listed above), and ``pathwise`` / ``forward_gradient`` at discrete sites.
+  discrete sites and at rejection-sampled ones -- Gamma, Beta, StudentT, Dirichlet, ... --,
+  DisARM/ARM, enumeration, the relaxations, REBAR/RELAX, measure-valued, and any estimator not
+  listed above), and ``pathwise`` / ``forward_gradient`` at discrete sites.
 
 A continuous foreign site whose support depends on its parameters (numpyro ``Uniform``) reports
 the support's bounds through :meth:`ForeignDistribution._support_boundary`, so the score
@@ -74,6 +78,26 @@ JAXESTIM_COUNTERPART: dict[str, str] = {
 
 _WRAPPERS = ("Independent", "ExpandedDistribution", "MaskedDistribution")
 
+# numpyro families whose sampler is a smooth transform of parameter-free noise (so that for a
+# fixed key the draw is continuous in every parameter, as common random numbers need); the
+# others (Gamma, Beta, StudentT, Dirichlet, ... by rejection) jump as a parameter moves
+_COUPLED_FAMILIES = frozenset(
+    {
+        "Cauchy",
+        "Exponential",
+        "Gumbel",
+        "HalfCauchy",
+        "HalfNormal",
+        "Laplace",
+        "LogNormal",
+        "Logistic",
+        "LowRankMultivariateNormal",
+        "MultivariateNormal",
+        "Normal",
+        "Uniform",
+    }
+)
+
 
 def is_foreign(obj: Any) -> bool:
     """Whether ``obj`` looks like a numpyro distribution (and is not a jaxestim one).
@@ -110,6 +134,15 @@ def family_name(base: Any) -> str:
         if name.endswith(suffix) and len(name) > len(suffix):
             return name[: -len(suffix)]
     return name
+
+
+def _coupled_family(base: Any) -> bool:
+    """Whether ``base`` (wrappers and transformed distributions unwrapped) is continuous in its
+    parameters for a fixed key: a family of :data:`_COUPLED_FAMILIES`."""
+    family = family_name(base)
+    if family == "TransformedDistribution" and hasattr(base, "base_dist"):
+        return _coupled_family(base.base_dist)
+    return family in _COUPLED_FAMILIES
 
 
 def describe(base: Any) -> str:
@@ -214,6 +247,15 @@ class ForeignDistribution(Distribution):
             )
         _validate_key(key)
         return self._base.rsample(as_jax_key(key), _canonical_sample_shape(sample_shape))
+
+    @property
+    def _coupled(self) -> bool:  # type: ignore[override]
+        """Reparameterized and of a family whose sampler is continuous in its parameters."""
+        return self.is_reparameterized and _coupled_family(self._base)
+
+    def coupled_sample(self, key: jax.Array, sample_shape: int | Sequence[int] = ()) -> jax.Array:
+        """:meth:`sample`, for the families that are :attr:`_coupled` (checked by the caller)."""
+        return self.sample(key, sample_shape)
 
     def log_prob(self, value: Any) -> jax.Array:
         return self._base.log_prob(value)
@@ -356,16 +398,20 @@ def check_foreign_site(handler: Any, dist: ForeignDistribution, estimator: Any) 
         est = getattr(handler, "estimator", None)
         if isinstance(est, FiniteDifference):
             # scheme="complex": this is its real run; ComplexStepHandler checks the others
-            if est.scheme == "complex" or not est.common_random_numbers:
+            if est.scheme == "complex" or not est.common_random_numbers or dist._coupled:
                 return
-            if dist.is_reparameterized:
-                return
+            why = (
+                "its sampler (rejection sampling) is not continuous in the parameters for a "
+                "fixed key, so the common-random-number difference is biased and its variance "
+                "grows like 1/step (common_random_numbers=False also works, with variance "
+                "growing like 1/step^2)"
+                if dist.is_reparameterized
+                else "common random numbers need jaxestim's monotone inverse-CDF coupling at "
+                "discrete (and non-reparameterized) sites; without it the variance grows like "
+                "1/step^2"
+            )
             raise foreign_error(
-                "je.finite_difference(common_random_numbers=True)",
-                dist,
-                "common random numbers need jaxestim's monotone inverse-CDF coupling at discrete "
-                "(and non-reparameterized) sites; without it the variance grows like 1/step^2",
-                site_level=False,
+                "je.finite_difference(common_random_numbers=True)", dist, why, site_level=False
             )
     name = getattr(handler, "name", None) or "this estimator"
     raise foreign_error(

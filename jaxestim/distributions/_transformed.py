@@ -128,10 +128,16 @@ class TransformedDistribution(ContinuousDistribution):
     def _rsample(self, key: Array, shape: Shape) -> Array:
         return self._bijector.forward(self._base._rsample(key, shape))
 
-    def rsample(self, key: Array, sample_shape: int | Sequence[int] = ()) -> Array:
-        """``f(base.rsample(key, sample_shape))``; NaN where parameters are invalid."""
+    @property
+    def _coupled(self) -> bool:  # type: ignore[override]
+        """Bijectors are continuous: coupled exactly when the base is."""
+        return self._base._coupled
+
+    def _draw(self, key: Array, sample_shape: int | Sequence[int], coupled: bool) -> Array:
+        """``f(base.rsample(key, sample_shape))`` (``f(base.coupled_sample(...))`` when
+        ``coupled``); NaN where parameters are invalid."""
         _validate_key(key)
-        y = self._bijector.forward(self._base.rsample(key, sample_shape))
+        y = self._bijector.forward(self._base._draw(key, sample_shape, coupled))
         return self._poison(y, len(self.event_shape))
 
     def log_prob(self, value: ArrayLike) -> Array:

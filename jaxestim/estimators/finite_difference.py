@@ -7,6 +7,7 @@ from typing import Any, ClassVar
 import jax
 import jax.numpy as jnp
 
+from jaxestim._errors import EstimatorError
 from jaxestim._estimator import Estimator
 from jaxestim._handlers import WholeProgramHandler
 from jaxestim._util import check_positive, fold_in_str, pytree_dataclass, static_field
@@ -26,12 +27,27 @@ class FiniteDifference(Estimator):
     For a direction ``v`` and step ``h`` the directional derivative is estimated by
     ``(f(theta + h v; key) - f(theta - h v; key)) / (2h)`` (``"central"``, bias
     ``O(h^2)``) or the one-sided ``"forward"``/``"backward"`` schemes (bias ``O(h)``).
-    With ``common_random_numbers=True`` every evaluation reuses the same key, so the
-    randomness largely cancels (discrete samplers are inverse-CDF coupled): for programs
-    continuous in ``theta`` the variance stays bounded as ``h -> 0``; for discrete programs
-    the difference is non-zero only when a uniform falls in a window of width ``O(h)``, where
-    it is ``O(1/h)``, so the variance grows like ``1/h``. With independent keys the variance
-    grows like ``1/h^2`` in both cases.
+    With ``common_random_numbers=True`` every evaluation reuses the same key, and every site
+    draws with a sampler that, for that key, is continuous in the site's parameters
+    (:meth:`~jaxestim.distributions.ContinuousDistribution.coupled_sample`): the family's own
+    sampler where it is a smooth transform of parameter-free noise (location-scale families,
+    ``Uniform``, ``Exponential``, ``MultivariateNormal``, bijector transforms of them),
+    inversion ``F^{-1}(u)`` for ``Gamma`` and the ``StudentT``, ``Beta`` and ``Dirichlet``
+    built on it (:meth:`~jaxestim.distributions.Gamma.icdf`; their default rejection samplers
+    jump as a shape parameter moves, which would bias the difference and make its variance
+    grow like ``1/h``), and the monotone inverse CDF of discrete families. So the randomness
+    cancels as far as the program allows: for a program that is, *for fixed random numbers*,
+    continuous and (almost everywhere) differentiable in ``theta`` with a square-integrable
+    derivative, the variance stays bounded as ``h -> 0``; where it jumps (discrete sites,
+    comparisons of draws with thresholds), the difference is non-zero only when a uniform falls
+    in a window of width ``O(h)``, where it is ``O(1/h)``, so the variance grows like ``1/h``.
+    With independent keys the variance grows like ``1/h^2`` in both cases. Under common random
+    numbers the draws of ``Gamma``/``StudentT``/``Beta``/``Dirichlet`` sites differ from other
+    estimators' for the same key (same distribution), and each gamma draw costs several times
+    a rejection draw (nine incomplete gamma functions). A site whose sampler is not known to
+    be continuous in its parameters (a ``ContinuousDistribution`` subclass with ``_coupled =
+    False``; numpyro's rejection-sampled families) raises :class:`EstimatorError` at trace
+    time, naming the distribution.
     ``scheme="complex"`` is the complex step (Squire & Trapp 1998; Martins et al. 2003):
     ``Im f(theta + i h v; key) / h = D_v f + O(h^2)`` with no subtraction, hence no
     cancellation: with ``step=1e-20`` (its default) it is the pathwise derivative to machine
@@ -71,6 +87,22 @@ class FiniteDifference(Estimator):
                 f"finite_difference: unknown `scheme` {self.scheme!r}; expected one of {_SCHEMES}"
             )
         check_directions("finite_difference", self.directions, "spsa", self.num_directions)
+
+    def site_sample(self, key: Any, dist: Any, sample_shape: tuple[int, ...]) -> jax.Array:
+        """A site's draw in the program runs: coupled under common random numbers."""
+        if not self.common_random_numbers or self.scheme == "complex":
+            return dist.sample(key, sample_shape)
+        if not dist._coupled:
+            raise EstimatorError(
+                f"je.finite_difference(common_random_numbers=True) cannot difference a {dist!r} "
+                "sample site: its sampler is not known to be continuous in its parameters for "
+                "a fixed key (a rejection sampler jumps as a parameter moves), so the "
+                "difference would be biased with a variance growing like 1/step. Use "
+                "je.finite_difference(common_random_numbers=False), je.pathwise() or "
+                "je.score_function(), or give the distribution a coupled sampler "
+                "(`_coupled = True` with a `_coupled_rsample` continuous in the parameters)"
+            )
+        return dist.coupled_sample(key, sample_shape)
 
     def per_sample(self, call, key, theta):
         """``(value, gradient estimate, aux)`` for one sample; ``call(key, theta_flat)``."""
