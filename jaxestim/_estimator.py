@@ -30,6 +30,10 @@ class Estimator:
 
     site_level: ClassVar[bool] = True
     name: ClassVar[str] = "estimator"
+    #: whether the estimate evaluates the program at perturbed parameters ``theta + h v``
+    #: (finite differences): then the parameters must resolve ``h``, so ``bfloat16`` /
+    #: ``float16`` parameters are refused
+    perturbs_parameters: ClassVar[bool] = False
 
     @property
     def differences_only(self) -> bool:

@@ -525,6 +525,16 @@ class _Transformed:
         # the gradient is returned in the parameters' dtype.
         diff, narrow = _widened(diff)
         spread = any(n is not None for ns in narrow for n in ns)
+        if spread and est.perturbs_parameters:
+            half = sorted({str(n) for ns in narrow for n in ns if n is not None})
+            raise EstimatorError(
+                f"{est.name}: the differentiated parameters include {' / '.join(half)} "
+                "leaves. The program would receive theta + h v rounded to that dtype (8 or 11 "
+                "significant bits), so the step actually taken is not h and the difference "
+                "quotient is silently wrong (often exactly 0). Pass float32 parameters (the "
+                "program may cast them to the narrow dtype itself), or use an estimator that "
+                "differentiates (je.pathwise(), je.score_function(), je.stochastic_ad())."
+            )
         run = _Run(self, est, lambda d: assemble(_narrowed(d, narrow))[0], spread)
         keys = jax.random.split(key, self.num_samples)
 

@@ -257,3 +257,26 @@ def test_half_precision_sums_over_devices_in_float32():
     se = np.asarray(res["se"])
     assert res["dtype"] == "bfloat16" and np.all(se < 0.01)
     assert np.all(np.abs(np.asarray(res["g"]) - exact) < 5 * se + 4e-3)
+
+
+@pytest.mark.parametrize("dtype", [jnp.bfloat16, jnp.float16])
+@pytest.mark.parametrize("scheme", ["central", "forward"])
+def test_finite_differences_refuse_half_precision_parameters(dtype, scheme):
+    # theta + h would be rounded to the parameter's dtype inside the program: the step taken
+    # is not h, so the quotient would be silently wrong
+    def f(key, theta):
+        return jnp.sum(theta**2) + je.sample(key, D.Normal(0.0, 1.0))
+
+    g = je.grad(f, je.finite_difference(step=1e-3, scheme=scheme), num_samples=8)
+    theta = jnp.array([0.3, 1.7], dtype)
+    with pytest.raises(je.EstimatorError, match="float32 parameters"):
+        g(jax.random.key(0), theta)
+    with pytest.raises(je.EstimatorError, match="float32 parameters"):
+        jax.jit(g)(jax.random.key(0), theta)
+    # float32 parameters cast inside the program are fine
+    g32 = je.grad(
+        lambda k, t: f(k, t.astype(dtype)).astype(jnp.float32),
+        je.finite_difference(step=1e-2, scheme=scheme),
+        num_samples=8,
+    )
+    assert jnp.all(jnp.isfinite(g32(jax.random.key(0), theta.astype(jnp.float32))))

@@ -71,6 +71,7 @@ class FiniteDifference(Estimator):
     num_directions: int | None = static_field(default=None)
     site_level: ClassVar[bool] = False
     name: ClassVar[str] = "finite_difference"
+    perturbs_parameters: ClassVar[bool] = True
 
     @property
     def differences_only(self) -> bool:
