@@ -1024,7 +1024,8 @@ _COMMON_DOC = """
         enclosing ``jax.jit`` / ``vmap`` / ``grad`` a ``jax.errors.JaxRuntimeError`` raised
         when the compiled code runs (its message contains the check's), with the outputs
         NaN-poisoned so a failed validation is never silently used. Valid programs give
-        bit-identical results; the cost is reported by ``benchmarks/validate_cost.py``.
+        the same results up to float32 rounding (the checks can change how XLA fuses the
+        program); the cost is reported by ``benchmarks/validate_cost.py``.
         Every family works under every estimator; a data-dependent loop run per sample
         (see ``docs/concepts.md``) raises :class:`~jaxestim.EstimatorError` at trace time.
       mesh: a :class:`jax.sharding.Mesh` (e.g. ``jax.make_mesh((4,), ("samples",))``,

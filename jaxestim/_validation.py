@@ -35,16 +35,15 @@ from jax.experimental import checkify
 _LOCAL = threading.local()
 
 LOOP_LIMITATION = (
-    "validate=True cannot check this program: jax.experimental.checkify does not support a "
-    "data-dependent loop (lax.while_loop) that runs per sample under the estimator's "
-    "vmap over samples. Such loops are a plain jax.lax.while_loop / jax.lax.fori_loop with "
-    "traced bounds in the program (use je.while_loop(..., max_iterations=) or "
-    "je.fori_loop with static bounds) and, on CPU, the implicit reparameterization "
-    "gradient of jax.random.gamma (a differentiated Gamma `concentration`, Beta, Dirichlet or "
-    "StudentT site) under per-sample differentiation (je.grad_samples, or a whole-program "
-    "estimator that differentiates each sample: stochastic_ad, disarm/arm, rebar/relax). "
-    "Check such a program with validate=False, or its sites under je.grad / je.value_and_grad "
-    "with a site-level estimator (pathwise, score_function)."
+    "validate=True cannot check this program: it runs a data-dependent lax.while_loop per "
+    "sample (under the estimator's vmap over samples), which jax.experimental.checkify does "
+    "not support. Such loops are a plain jax.lax.while_loop (or fori_loop with traced bounds) "
+    "in the program: use je.while_loop(..., max_iterations=) or static bounds; the samplers "
+    "of numpyro's count distributions (Poisson, Binomial, ...): use jaxestim.distributions; "
+    "on CPU, jax.random.gamma's gradient (Beta, Dirichlet, StudentT sites, a differentiated "
+    "Gamma concentration) taken per sample (je.grad_samples; stochastic_ad, disarm/arm, "
+    "rebar/relax): use je.grad / je.value_and_grad with a site-level estimator. Otherwise "
+    "run with validate=False."
 )
 
 

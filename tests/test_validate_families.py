@@ -3,7 +3,9 @@
 Each group below is one program whose sites cover the families an estimator accepts (site
 parameters are entries of one parameter vector ``theta``; site-level estimators are mixed per
 site with ``je.sample(..., estimator=...)``). For every transform of the group: (a) at valid
-parameters the checked estimate is bit-identical to the unchecked one for the same key;
+parameters the checked estimate equals the unchecked one for the same key, up to float32
+rounding (the checks' extra reads of the parameters can change how XLA fuses the program;
+with checks emitted but not read the two are bit-identical);
 (b) making one site's parameter invalid raises a checkify error naming that site's
 distribution, parameter and value, eagerly and under the caller's ``jax.jit``. A program is
 compiled once per transform and checked mode; the invalid parameters reuse that compilation.
@@ -210,18 +212,16 @@ GROUPS = {
     "site_grad": Group(
         je.auto(),
         [("Bernoulli", est) for est in (SF, LOO, je.score_function(0.5), *RELAXED)]
-        + [("Categorical", je.enumeration()), ("OneHotCategorical", je.gumbel_softmax(0.5))]
-        + [("Categorical", je.straight_through()), ("Geometric", LOO)]
+        + [("OneHotCategorical", je.gumbel_softmax(0.5)), ("Categorical", je.straight_through())]
+        + [("Geometric", LOO)]
         + [*_sites(GAMMA_GRAD, PW), ("Normal", SF), ("Gamma", LOO)],
         "grad",
-        jit=True,
     ),
     "site_samples": Group(
         je.auto(),
         [
             *_sites([c for c in CONTINUOUS if c not in GAMMA_GRAD], PW),
             ("Bernoulli", LOO),
-            ("Categorical", je.enumeration()),
             ("OneHotCategorical", je.straight_through()),
         ],
         "grad_samples",
@@ -233,7 +233,9 @@ GROUPS = {
         je.score_function(je.baselines.MovingAverage(0.9)),
         _sites(["Bernoulli", "Dirichlet"]),
         "grad",
+        jit=True,
     ),
+    "enumeration": Group(je.enumeration(), _sites(["Bernoulli", "Categorical"]), "value_and_grad"),
     # whole-program estimators
     "fd_crn": Group(
         je.finite_difference(),
@@ -275,7 +277,7 @@ GROUPS = {
     "counts_sad_reverse": Group(
         je.stochastic_ad(mode="reverse"), _sites(["Binomial"]), "value_and_grad"
     ),
-    "counts_sf": Group(je.auto(), [("Poisson", SF), ("Binomial", je.enumeration())], "grad"),
+    "counts_sf": Group(SF, _sites(["Poisson"]), "grad"),
     "counts_sf_samples": Group(LOO, _sites(["Binomial"]), "grad_samples", jit=True),
     "counts_fd": Group(je.finite_difference(), _sites(["Poisson"]), "grad"),
     "counts_measure_valued": Group(je.measure_valued(), _sites(["Poisson"]), "value_and_grad"),
@@ -289,6 +291,12 @@ GROUPS = {
     ),
     "while_sf": Group(SF, _sites(["Bernoulli", "OneHotCategorical"]), "grad", loop="while"),
 }
+
+
+def _same(a: Any, b: Any) -> None:
+    jax.tree_util.tree_map(
+        lambda x, y: np.testing.assert_allclose(x, y, rtol=1e-5, atol=1e-6), a, b
+    )
 
 
 def _thetas(sites: list[tuple[str, Any]]) -> tuple[jax.Array, list[tuple[jax.Array, str]]]:
@@ -310,16 +318,31 @@ def test_checked_mode(name):
     plain = transform(f, est, num_samples=N)(KEY, theta, **state)
     assert all(np.all(np.isfinite(x)) for x in jax.tree_util.tree_leaves(plain))
     checked = transform(f, est, num_samples=N, validate=True)
-    jax.tree_util.tree_map(np.testing.assert_array_equal, checked(KEY, theta, **state), plain)
+    _same(checked(KEY, theta, **state), plain)
     for theta_bad, message in bad:
         with pytest.raises(ValueError, match=r"je\.sample: " + message):
             checked(KEY, theta_bad, **state)
     if jit:  # under the caller's jit the check throws when the compiled code runs
         jitted = jax.jit(lambda k, t: checked(k, t, **state))
-        jax.tree_util.tree_map(np.testing.assert_array_equal, jitted(KEY, theta), plain)
+        _same(jitted(KEY, theta), plain)
         for theta_bad, message in bad:
             with pytest.raises(jax.errors.JaxRuntimeError, match=message):
                 jax.block_until_ready(jitted(KEY, theta_bad))
+
+
+def test_numpyro_sites_unchanged():
+    # numpyro sites carry no jaxestim checks; checked mode leaves their estimates unchanged
+    nd = pytest.importorskip("numpyro.distributions")
+
+    def f(key, theta):
+        k1, k2 = jax.random.split(key)
+        z = je.sample(k1, nd.Normal(theta[0], 1.0), estimator=PW)
+        return jnp.sin(z + je.sample(k2, nd.Bernoulli(probs=theta[1])))
+
+    theta = jnp.array([0.5, 0.3])
+    plain = je.value_and_grad(f, je.auto(), num_samples=N)(KEY, theta)
+    checked = je.value_and_grad(f, je.auto(), num_samples=N, validate=True)(KEY, theta)
+    _same(checked, plain)
 
 
 @pytest.mark.parametrize(
@@ -328,13 +351,19 @@ def test_checked_mode(name):
         ("Beta", PW, "grad_samples", None),
         ("StudentT", je.stochastic_ad(), "grad", None),
         ("Normal", je.finite_difference(), "grad", "plain_while"),
+        ("numpyro.Poisson", SF, "grad", None),
     ],
 )
 def test_loop_limitation(fam, est, kind, loop):
     # checkify cannot check a data-dependent loop run per sample: a clear error at trace
     # time (eagerly and under jit) instead of checkify's internal one
-    f = program([(fam, None)], loop)
-    theta = jnp.array([FAMILIES[fam].valid])
+    if fam.startswith("numpyro."):
+        nd = pytest.importorskip("numpyro.distributions")
+        f = lambda key, theta: je.sample(key, nd.Poisson(theta[0])) * 1.0
+        theta = jnp.array([FAMILIES["Poisson"].valid])
+    else:
+        f = program([(fam, None)], loop)
+        theta = jnp.array([FAMILIES[fam].valid])
     g = getattr(je, kind)(f, est, num_samples=N, validate=True)
     for call in (g, jax.jit(g)):
         with pytest.raises(je.EstimatorError, match="validate=True cannot check this program"):
