@@ -369,3 +369,12 @@ def test_loop_limitation(fam, est, kind, loop):
         with pytest.raises(je.EstimatorError, match="validate=True cannot check this program"):
             call(KEY, theta)
     assert np.all(np.isfinite(getattr(je, kind)(f, est, num_samples=N)(KEY, theta)))
+
+
+def test_count_samplers_vmap_by_broadcasting():
+    # the samplers' vmap rule broadcasts batched against unbatched arguments of any rank
+    # (nested vmaps included) and gives what the unbatched call on the full arrays gives
+    u = jax.random.uniform(KEY, (2, 5, 3))
+    n, p = jnp.array([3.0, 40.0]), jnp.array([0.2, 0.5, 0.9])
+    binom = jax.vmap(lambda v, m: jax.vmap(D.Binomial(m, probs=p).icdf)(v))(u, n)
+    np.testing.assert_array_equal(binom, D.Binomial(n[:, None, None], probs=p).icdf(u))
