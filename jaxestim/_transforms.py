@@ -485,7 +485,12 @@ class _Transformed:
             for x in jax.tree_util.tree_leaves((key, diff, dyn, state))
         )
         checked = self._checked_jitted if cached else self._checked
-        err, out = checked(key, diff, dyn, state, static)
+        try:
+            err, out = checked(key, diff, dyn, state, static)
+        except ValueError as e:
+            if isinstance(e, EstimatorError) or not _validation.is_loop_limitation(e):
+                raise
+            raise EstimatorError(f"{self.where}: {_validation.LOOP_LIMITATION}") from e
         if self.mesh is not None:
             # checkify stacks a shard_map's error state per device; replicate it so that
             # reducing it to the first error does not sort along a sharded axis
@@ -1104,7 +1109,10 @@ _COMMON_DOC = """
         enclosing ``jax.jit`` / ``vmap`` / ``grad`` a ``jax.errors.JaxRuntimeError`` raised
         when the compiled code runs (its message contains the check's), with the outputs
         NaN-poisoned so a failed validation is never silently used. Valid programs give
-        bit-identical results; the cost is reported by ``benchmarks/validate_cost.py``.
+        the same results up to float32 rounding (the checks can change how XLA fuses the
+        program); the cost is reported by ``benchmarks/validate_cost.py``.
+        Every family works under every estimator; a data-dependent loop run per sample
+        (see ``docs/concepts.md``) raises :class:`~jaxestim.EstimatorError` at trace time.
       mesh: a :class:`jax.sharding.Mesh` (e.g. ``jax.make_mesh((4,), ("samples",))``,
         also one spanning several processes under ``jax.distributed.initialize``) over
         whose devices the ``num_samples`` samples are sharded: each device evaluates
