@@ -39,11 +39,8 @@ LOOP_LIMITATION = (
     "sample (under the estimator's vmap over samples), which jax.experimental.checkify does "
     "not support. Such loops are a plain jax.lax.while_loop (or fori_loop with traced bounds) "
     "in the program: use je.while_loop(..., max_iterations=) or static bounds; the samplers "
-    "of numpyro's count distributions (Poisson, Binomial, ...): use jaxestim.distributions; "
-    "on CPU, jax.random.gamma's gradient (Beta, Dirichlet, StudentT sites, a differentiated "
-    "Gamma concentration) taken per sample (je.grad_samples; stochastic_ad, disarm/arm, "
-    "rebar/relax): use je.grad / je.value_and_grad with a site-level estimator. Otherwise "
-    "run with validate=False."
+    "of numpyro's count distributions (Poisson, Binomial, ...) and the derivative of its "
+    "gamma-based ones (Gamma, Beta, ...): use jaxestim.distributions. Otherwise run with validate=False."
 )
 
 

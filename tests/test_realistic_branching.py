@@ -27,7 +27,6 @@ from jaxestim import distributions as D
 
 Z0, T, ZMAX = 2, 3, 1200
 PARAMS = {"R": 1.2, "k": 3.0}
-VALIDATE = False
 
 
 def outbreak(key, params):
@@ -94,7 +93,7 @@ def test_reference_sanity():
     ids=["fd_crn", "stochastic_ad", "loo"],
 )
 def test_gradient_matches_dynamic_programming(est, n, se_max):
-    g = jax.jit(je.grad_samples(outbreak, est, num_samples=n, validate=VALIDATE))
+    g = jax.jit(je.grad_samples(outbreak, est, num_samples=n, validate=True))
     samples = g(jax.random.key(3), PARAMS)
     stacked = np.stack([np.asarray(samples["R"]), np.asarray(samples["k"])], axis=1)
     assert_unbiased(stacked, EXACT, se_max=np.asarray(se_max))

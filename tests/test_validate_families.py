@@ -272,6 +272,11 @@ GROUPS = {
         je.delta_method(), _sites(["Normal", "Laplace", "Gamma"]), "grad_samples"
     ),
     "forward_gradient": Group(je.forward_gradient(), _sites(LOC_SCALE), "value_and_grad"),
+    # gamma-based sites whose concentration derivative is taken per sample
+    "gamma_pathwise_samples": Group(
+        PW, _sites(["Gamma", "Beta", "Dirichlet", "StudentT"]), "grad_samples"
+    ),
+    "gamma_sad": Group(je.stochastic_ad(), _sites(["StudentT", "Beta"]), "grad", jit=True),
     # count sites (the Poisson and Binomial samplers' data-dependent loops)
     "counts_sad": Group(je.stochastic_ad(), _sites(["Poisson"]), "grad"),
     "counts_sad_reverse": Group(
@@ -348,8 +353,6 @@ def test_numpyro_sites_unchanged():
 @pytest.mark.parametrize(
     "fam, est, kind, loop",
     [
-        ("Beta", PW, "grad_samples", None),
-        ("StudentT", je.stochastic_ad(), "grad", None),
         ("Normal", je.finite_difference(), "grad", "plain_while"),
         ("numpyro.Poisson", SF, "grad", None),
     ],

@@ -20,8 +20,8 @@ import abc
 import contextvars
 import math
 import operator
-from collections.abc import Sequence
-from typing import Any, ClassVar
+from collections.abc import Callable, Sequence
+from typing import Any, ClassVar, TypeVar
 
 import jax
 import jax.numpy as jnp
@@ -645,3 +645,35 @@ class RandomStream:
     def jax_key(self) -> Array:
         """A threefry JAX key from the next two words (for samplers that need a key)."""
         return jax.random.wrap_key_data(self.take(2), impl="threefry2x32")
+
+
+_T = TypeVar("_T")
+
+
+def _broadcasting_vmap(fn: Callable[..., _T]) -> Callable[..., _T]:
+    """``fn`` (element-wise, broadcasting all its array arguments) vmapped by broadcasting.
+
+    Under ``jax.vmap`` the batch axis becomes a leading axis of the arrays and ``fn`` runs
+    once on them (the rule re-enters the wrapped function, so nested vmaps broadcast too),
+    instead of vmap's batching of ``fn``'s data-dependent ``lax.while_loop`` s. Batching
+    would give those loops a batched predicate, which ``checkify`` (checked mode,
+    ``validate=True``, around the transforms' per-sample ``vmap``) rejects; with the rule a
+    loop keeps one scalar predicate (``jnp.any`` over all elements, batch included) inside
+    a ``custom_vmap`` call that checkify leaves alone. The results are the same: every
+    element stops updating once converged, under either batching. Forward-mode
+    differentiable only (no caller differentiates through these samplers).
+    """
+    wrapped = jax.custom_batching.custom_vmap(fn)
+
+    @wrapped.def_vmap
+    def rule(axis_size: int, in_batched: tuple[bool, ...], *args: Array) -> tuple[_T, Any]:
+        # per-example rank of the broadcast; the batch axis goes in front of all of it
+        rank = max(jnp.ndim(a) - b for a, b in zip(args, in_batched, strict=True))
+        args = tuple(
+            jnp.reshape(a, (axis_size,) + (1,) * (rank + 1 - a.ndim) + a.shape[1:]) if b else a
+            for a, b in zip(args, in_batched, strict=True)
+        )
+        out = wrapped(*args)
+        return out, jax.tree_util.tree_map(lambda _: True, out)
+
+    return wrapped

@@ -13,6 +13,7 @@ invalid (see :meth:`Distribution._param_checks`).
 
 from __future__ import annotations
 
+import functools
 import math
 from typing import ClassVar
 
@@ -30,6 +31,7 @@ from ._base import (
     ContinuousDistribution,
     Shape,
     _broadcast_shapes,
+    _broadcasting_vmap,
     _check_finite,
     _check_positive,
     _finite,
@@ -132,6 +134,43 @@ def _gamma_log_icdf(a: Array, u: Array) -> Array:
         y = y - jnp.clip(jnp.where(jnp.isfinite(step), step, 0), -5, 5)
     a_c = math.sqrt(2.5e-3 / float(jnp.finfo(a.dtype).eps))
     return y_start + (y - y_start) / (1 + jnp.square(jnp.square(a / a_c)))
+
+
+# --- gamma draws with their implicit-reparameterization derivative -----------------------
+#
+# ``jax.random.gamma``'s derivative in the concentration is the implicit reparameterization
+# ``dx/da = -(dF_a/da)(x) / p_a(x)`` (Figurnov et al., 2018), computed element-wise by
+# ``jax.lax.random_gamma_grad`` with data-dependent ``lax.while_loop`` s (series and continued
+# fractions). Batched per sample (``je.grad_samples``, per-sample whole-program estimators)
+# those loops get a batched predicate, which checked mode's ``checkify`` rejects. The draws
+# below are ``jax.random.gamma`` / ``jax.random.loggamma`` themselves (same samples) with the
+# same derivative, evaluated by broadcasting under ``vmap`` (:func:`_broadcasting_vmap`).
+
+
+@_broadcasting_vmap
+def _gamma_sample_grad(a: Array, x: Array) -> Array:
+    """``dx/da`` of a ``Gamma(a, 1)`` sample ``x`` at fixed noise (element-wise)."""
+    a, x = jnp.broadcast_arrays(a, x)
+    return jax.lax.random_gamma_grad(a, x)
+
+
+@functools.partial(jax.custom_jvp, nondiff_argnums=(2, 3, 4))
+def _standard_gamma(key: Array, a: Array, shape: Shape, dtype: np.dtype, log: bool) -> Array:
+    """``jax.random.gamma(key, a, shape, dtype)`` (``log``: ``jax.random.loggamma``)."""
+    draw = jax.random.loggamma if log else jax.random.gamma
+    return draw(key, a, shape, dtype)
+
+
+@_standard_gamma.defjvp
+def _standard_gamma_jvp(shape, dtype, log, primals, tangents):
+    key, a = primals
+    _, a_dot = tangents
+    y = _standard_gamma(key, a, shape, dtype, log)
+    if not log:
+        return y, _gamma_sample_grad(a, y) * a_dot
+    # d log x / da = (dx/da) / x, with x = exp(y) kept positive where it underflows
+    x = jnp.maximum(jnp.exp(y), jnp.finfo(y.dtype).tiny)
+    return y, _gamma_sample_grad(a, x) / x * a_dot
 
 
 class _LocScale(ContinuousDistribution):
@@ -508,7 +547,7 @@ class Gamma(ContinuousDistribution):
 
     def _rsample(self, key: Array, shape: Shape) -> Array:
         a = jnp.broadcast_to(self._concentration, self.batch_shape)
-        return jax.random.gamma(key, a, shape, self.dtype) / self._rate
+        return _standard_gamma(key, a, shape, self.dtype, False) / self._rate
 
     def _coupled_rsample(self, key: Array, shape: Shape) -> Array:
         """Inversion ``F^{-1}(u) / rate``, ``u`` uniform from ``key`` (see :meth:`icdf`)."""
@@ -606,7 +645,16 @@ class Beta(ContinuousDistribution):
         )
 
     def _rsample(self, key: Array, shape: Shape) -> Array:
-        return jax.random.beta(key, self._concentration1, self._concentration0, shape, self.dtype)
+        # jax.random.beta's construction (same draws) from log-gamma draws whose derivative
+        # is taken by _standard_gamma's rule
+        key_a, key_b = jax.random.split(key)
+        a = jnp.broadcast_to(jnp.asarray(self._concentration1, self.dtype), shape)
+        b = jnp.broadcast_to(jnp.asarray(self._concentration0, self.dtype), shape)
+        log_a = _standard_gamma(key_a, a, shape, self.dtype, True)
+        log_b = _standard_gamma(key_b, b, shape, self.dtype, True)
+        log_max = jnp.maximum(log_a, log_b)
+        ga, gb = jnp.exp(log_a - log_max), jnp.exp(log_b - log_max)
+        return ga / (ga + gb)
 
     def _coupled_rsample(self, key: Array, shape: Shape) -> Array:
         """``sigmoid(log G1 - log G0)``, ``G_i ~ Gamma(c_i)`` by inversion (:meth:`Gamma.icdf`)."""
@@ -680,7 +728,11 @@ class Dirichlet(ContinuousDistribution):
         return (("concentration", ok, "finite and > 0"),)
 
     def _rsample(self, key: Array, shape: Shape) -> Array:
-        return jax.random.dirichlet(key, self._concentration, shape[:-1], self.dtype)
+        # jax.random.dirichlet's construction (same draws): normalized log-gamma draws
+        alpha = jnp.asarray(self._concentration, self.dtype)
+        y = _standard_gamma(key, jnp.broadcast_to(alpha, shape), shape, self.dtype, True)
+        e = jnp.exp(y - jax.lax.stop_gradient(y.max(-1, keepdims=True)))
+        return e / e.sum(-1, keepdims=True)
 
     def _coupled_rsample(self, key: Array, shape: Shape) -> Array:
         """``softmax(log G)``, ``G_i ~ Gamma(a_i)`` by inversion (:meth:`Gamma.icdf`)."""
@@ -890,7 +942,7 @@ class StudentT(_LocScale):
         key_n, key_g = jax.random.split(key)
         half_df = jnp.broadcast_to(self._df / 2, self.batch_shape)
         n = jax.random.normal(key_n, shape, self.dtype)
-        g = jax.random.gamma(key_g, half_df, shape, self.dtype)
+        g = _standard_gamma(key_g, half_df, shape, self.dtype, False)
         return self._loc + self._scale * n * jnp.sqrt(half_df / g)
 
     def _coupled_rsample(self, key: Array, shape: Shape) -> Array:

@@ -33,7 +33,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from typing import ClassVar, TypeVar
+from typing import ClassVar
 
 import jax
 import jax.numpy as jnp
@@ -49,6 +49,7 @@ from ._base import (
     Shape,
     _boundary,
     _broadcast_shapes,
+    _broadcasting_vmap,
     _check_nonnegative,
     _check_values,
     _finite,
@@ -62,8 +63,6 @@ from ._base import (
 __all__ = ["Bernoulli", "Binomial", "Categorical", "Geometric", "OneHotCategorical", "Poisson"]
 
 _LOG_2PI = math.log(2 * math.pi)
-
-T = TypeVar("T")
 
 
 def _compute_dtype(dtype: np.dtype) -> np.dtype:
@@ -361,35 +360,6 @@ def _walk_icdf(
     lo = jnp.where(resolved, k, 0)
     hi = jnp.where(resolved, k, bracket_hi)
     return _integer_bisect(cond, lo, hi, 128)
-
-
-def _broadcasting_vmap(fn: Callable[..., T]) -> Callable[..., T]:
-    """``fn`` (element-wise, broadcasting all its array arguments) vmapped by broadcasting.
-
-    Under ``jax.vmap`` the batch axis becomes a leading axis of the arrays and ``fn`` runs
-    once on them (the rule re-enters the wrapped function, so nested vmaps broadcast too),
-    instead of vmap's batching of ``fn``'s data-dependent ``lax.while_loop`` s. Batching
-    would give those loops a batched predicate, which ``checkify`` (checked mode,
-    ``validate=True``, around the transforms' per-sample ``vmap``) rejects; with the rule a
-    loop keeps one scalar predicate (``jnp.any`` over all elements, batch included) inside
-    a ``custom_vmap`` call that checkify leaves alone. The results are the same: every
-    element stops updating once converged, under either batching. Forward-mode
-    differentiable only (no caller differentiates through these samplers).
-    """
-    wrapped = jax.custom_batching.custom_vmap(fn)
-
-    @wrapped.def_vmap
-    def rule(axis_size: int, in_batched: tuple[bool, ...], *args: Array) -> tuple[T, T]:
-        # per-example rank of the broadcast; the batch axis goes in front of all of it
-        rank = max(jnp.ndim(a) - b for a, b in zip(args, in_batched, strict=True))
-        args = tuple(
-            jnp.reshape(a, (axis_size,) + (1,) * (rank + 1 - a.ndim) + a.shape[1:]) if b else a
-            for a, b in zip(args, in_batched, strict=True)
-        )
-        out = wrapped(*args)
-        return out, jax.tree_util.tree_map(lambda _: True, out)
-
-    return wrapped
 
 
 @jax.custom_jvp
