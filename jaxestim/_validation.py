@@ -40,7 +40,8 @@ LOOP_LIMITATION = (
     "not support. Such loops are a plain jax.lax.while_loop (or fori_loop with traced bounds) "
     "in the program: use je.while_loop(..., max_iterations=) or static bounds; the samplers "
     "of numpyro's count distributions (Poisson, Binomial, ...) and the derivative of its "
-    "gamma-based ones (Gamma, Beta, ...): use jaxestim.distributions. Otherwise run with validate=False."
+    "gamma-based ones (Gamma, Beta, ...): use jaxestim.distributions. Otherwise run with "
+    "validate=False."
 )
 
 
