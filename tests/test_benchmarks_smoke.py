@@ -56,7 +56,7 @@ def test_quick_particle_filter_benchmark_prints_table():
 
 
 def test_big_programs_quick(tmp_path):
-    """``benchmarks/big_programs.py --quick``: all three sections of issue 9's study run."""
+    """``benchmarks/big_programs.py --quick``: all three sections of the study run."""
     out = tmp_path / "big.md"
     run_script("big_programs.py", "--quick", "--out", str(out))
     text = out.read_text()

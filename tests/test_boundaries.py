@@ -798,7 +798,7 @@ def test_invalid_normal_scale_pathwise_gives_nan_value(theta):
 def test_score_function_support_boundary_moving_gives_nan_not_a_biased_number():
     # Categorical([1 - t, t, 0]) at t = 0: category 1 gains mass the score function never
     # sees (true derivative f(1) - f(0) = 4); a parameter on the boundary that does not move
-    # with theta (the reproducer) stays exact.
+    # with theta stays exact.
     vals = jnp.array([1.0, 5.0, 9.0])
     cat = lambda k, t: je.select(
         vals, je.sample(k, D.Categorical(probs=jnp.stack([1 - t, t, 0 * t])))

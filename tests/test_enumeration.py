@@ -1,4 +1,4 @@
-"""je.enumeration(): exact expectation over small finite discrete sites (issue 11).
+"""je.enumeration(): exact expectation over small finite discrete sites.
 
 Exact references are computed independently in NumPy float64 (sums over the supports,
 closed-form Gaussian moments, central differences of those exact expectations) or with

@@ -1,4 +1,4 @@
-"""Complex-step finite differences and the randomized forward gradient (issue 12)."""
+"""Complex-step finite differences and the randomized forward gradient."""
 
 from __future__ import annotations
 

@@ -30,7 +30,7 @@ def bern_t2(key, t):
 
 
 def bern_sq(key, t):
-    """The issue's case: x ~ Bernoulli(t), f = x^2: E = t, second derivative 0."""
+    """x ~ Bernoulli(t), f = x^2: E = t, second derivative 0."""
     return je.sample(key, D.Bernoulli(probs=t)) ** 2
 
 

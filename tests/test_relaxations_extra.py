@@ -1,4 +1,4 @@
-"""Gumbel-Rao (Rao-Blackwellized straight-through Gumbel-softmax) and ReinMax (issue 11).
+"""Gumbel-Rao (Rao-Blackwellized straight-through Gumbel-softmax) and ReinMax.
 
 Both are biased, so each is checked against the exact mean *of the estimator*, computed
 independently in NumPy float64: ReinMax's gradient is a function of the discrete sample

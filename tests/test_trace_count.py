@@ -1,4 +1,4 @@
-"""Each transform traces the user's program at most twice (issue 9, compile time).
+"""Each transform traces the user's program at most twice (compile time).
 
 The program's Python body is counted while ``jax.jit(transform).trace(...)`` traces it,
 for every transform, estimator and chunking (no chunks, chunks with and without a

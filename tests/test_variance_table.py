@@ -109,7 +109,7 @@ def _check(
             continue
         heavy = (estimator, cost.label, coord) in HEAVY_TAILED
         assert heavy == (rse_ref[j] > REL_SE_MAX), (cell, rse_ref[j], "update HEAVY_TAILED")
-        # jaxestim's estimators: the 3 % in every cell. The NumPy cross-check of the
+        # jaxestim's estimators: 3 % in every cell. The NumPy cross-check of the
         # references (z_heavy): 4.3 exact relative SEs in the heavy-tailed cells, where 3 % is
         # fewer than 4.3 standard errors (its own draws are not the fixed-key jaxestim ones)
         tol = Z * rse_ref[j] if (heavy and z_heavy) else TOL
