@@ -298,10 +298,16 @@ GROUPS = {
 }
 
 
-def _same(a: Any, b: Any) -> None:
+def _same(a: Any, b: Any, rtol: float = 1e-5) -> None:
     jax.tree_util.tree_map(
-        lambda x, y: np.testing.assert_allclose(x, y, rtol=1e-5, atol=1e-6), a, b
+        lambda x, y: np.testing.assert_allclose(x, y, rtol=rtol, atol=rtol / 10), a, b
     )
+
+
+def _rtol(est: Any) -> float:
+    # a difference quotient divides the float32 rounding of the differently fused checked
+    # program by 2h (h = 1e-2 by default)
+    return 1e-3 if isinstance(est, je.FiniteDifference) else 1e-5
 
 
 def _thetas(sites: list[tuple[str, Any]]) -> tuple[jax.Array, list[tuple[jax.Array, str]]]:
@@ -323,13 +329,13 @@ def test_checked_mode(name):
     plain = transform(f, est, num_samples=N)(KEY, theta, **state)
     assert all(np.all(np.isfinite(x)) for x in jax.tree_util.tree_leaves(plain))
     checked = transform(f, est, num_samples=N, validate=True)
-    _same(checked(KEY, theta, **state), plain)
+    _same(checked(KEY, theta, **state), plain, _rtol(est))
     for theta_bad, message in bad:
         with pytest.raises(ValueError, match=r"je\.sample: " + message):
             checked(KEY, theta_bad, **state)
     if jit:  # under the caller's jit the check throws when the compiled code runs
         jitted = jax.jit(lambda k, t: checked(k, t, **state))
-        _same(jitted(KEY, theta), plain)
+        _same(jitted(KEY, theta), plain, _rtol(est))
         for theta_bad, message in bad:
             with pytest.raises(jax.errors.JaxRuntimeError, match=message):
                 jax.block_until_ready(jitted(KEY, theta_bad))
