@@ -43,7 +43,8 @@ naming the jaxestim replacement.
 Keys. A PRNG key may reach at most one sample site per trace of the program, and a site
 inside a loop body must use a key that varies with the iteration (split in the carry,
 passed as ``xs``, or folded with the iteration index; a key the body computes only from
-keys outside the loop, such as ``jax.random.split(outer_key)[0]``, does not). Reusing a
+keys outside the loop, such as ``jax.random.split(outer_key)[0]``, and carry keys that the
+body returns unchanged, does not: checked once the body has returned). Reusing a
 key makes two draws identical, which every estimator but the pathwise one then treats as
 independent -- a silently wrong gradient -- so both are :class:`EstimatorError` at trace
 time, under every estimator (pathwise included, for one rule). A key is reused when it is
@@ -51,11 +52,14 @@ the key of an earlier site or is *computed by the same operations from the same 
 e.g. ``jax.random.split(key)[0]`` written twice, ``jax.random.fold_in(key, i)`` twice in
 one loop body, or ``k.split(2)[0]`` twice for a :class:`LoopKey` (the check numbers the
 equations that produced each key, :mod:`jaxestim._keys`: trace time only, linear in the
-size of the key computations). Keys that are equal for another reason are not detected:
-separate arguments of the program holding equal keys, or different operations that give
-the same key (for threefry keys ``jax.random.fold_in(key, i)`` equals
-``jax.random.split(key, n)[i]``: do not mix the two on one key). Sites in different
-branches of one :func:`cond` may share a key (only one of them runs).
+size of the key computations; ``jax.random.fold_in(key, i)`` with a constant ``i`` and
+``jax.random.split(key, n)[i]`` are one key for threefry keys in JAX's partitionable mode,
+where they are bit-equal). Keys that are equal for another reason are not detected:
+separate arguments of the program holding equal keys, other operations that happen to give
+the same key, inner keys of a nested loop that repeat in every outer iteration. Sites in
+different branches of one :func:`cond` may share a key (only one of them runs); a
+:func:`cond` passes its operands to the branches and an output computed alike by every
+branch out as the same values.
 """
 
 from __future__ import annotations
@@ -107,6 +111,16 @@ def _trace_chain(trace: Any) -> list[Any]:
     return chain
 
 
+_LOOP_INVARIANT_KEY = (
+    "je.sample: a site inside a je.scan / je.fori_loop / je.while_loop body uses a key that "
+    "does not change between iterations: a key from outside the loop, a carry key that the "
+    "body returns unchanged, or one computed only from such keys (e.g. "
+    "jax.random.split(key)[0]), so every iteration redraws the same numbers, which the "
+    "estimators treat as independent (a silently wrong gradient). Derive a key per "
+    "iteration: split it in the carry and return the new one (key, sub = "
+    "jax.random.split(key)), pass jax.random.split(key, T) as xs, or "
+    "jax.random.fold_in(key, i) with the iteration index i."
+)
 _FOREIGN_HINT = (
     "Its recorded quantities cannot leave that trace. Use je.scan / je.fori_loop / "
     "je.while_loop for loops and je.cond / je.switch for branches, give the site a "
@@ -140,6 +154,8 @@ class Handler:
         self._numbering = ValueNumbering()
         self._ancestors: tuple[Any, ...] = ()
         self._loop_outer: tuple[Any, ...] | None = None
+        # numbers of the keys of this loop body's sites, checked when the body has returned
+        self._loop_sites: list[int] | None = None
         self._trace: Any = None
 
     def __enter__(self) -> Handler:
@@ -198,21 +214,37 @@ class Handler:
                 "(k1, k2 = jax.random.split(key)) and give every site its own."
             )
         if probe is not None and self._loop_outer is not None:
-            outer = {id(t) for t in self._loop_outer}
             # computed only from values outside the body (or constants): every iteration's
-            if self._numbering.inputs(number) <= outer or (
-                isinstance(probe, _jax_core.Tracer) and id(probe._trace) in outer
+            if self._numbering.only_depends_on(number, self._outer_ids()) or (
+                isinstance(probe, _jax_core.Tracer) and id(probe._trace) in self._outer_ids()
             ):
-                raise EstimatorError(
-                    "je.sample: a site inside a je.scan / je.fori_loop / je.while_loop body "
-                    "uses a key from outside the loop (or one computed only from such keys, "
-                    "e.g. jax.random.split(key)[0] of an outer key), so every iteration "
-                    "redraws the same numbers, which the estimators treat as independent (a "
-                    "silently wrong gradient). Derive a key per iteration: split it in the "
-                    "carry, pass jax.random.split(key, T) as xs, or jax.random.fold_in(key, i) "
-                    "with the iteration index i."
-                )
+                raise EstimatorError(_LOOP_INVARIANT_KEY)
+            self._loop_sites.append(number)
         self._keys.add(number)
+
+    def _outer_ids(self) -> set[int]:
+        return {id(t) for t in self._loop_outer}
+
+    def check_loop_carry(self, carry_in: Any, carry_out: Any) -> None:
+        """After a loop body (run under this loop child) returned: raise if a site's key
+        depends only on values outside the body and carry inputs that the body returns
+        unchanged at the same position (the same key in every iteration)."""
+        if not self._loop_sites:
+            return
+        leaves_in, tree_in = jax.tree_util.tree_flatten(carry_in)
+        leaves_out, tree_out = jax.tree_util.tree_flatten(carry_out)
+        if tree_in != tree_out:
+            return  # jax.lax.scan reports the mismatch
+        vn = self._numbering
+        fixed = frozenset().union(
+            *(
+                vn.input_of(a)
+                for a, b in zip(leaves_in, leaves_out, strict=True)
+                if vn.number(a) == vn.number(b)
+            )
+        )
+        if fixed and any(vn.only_depends_on(n, self._outer_ids(), fixed) for n in self._loop_sites):
+            raise EstimatorError(_LOOP_INVARIANT_KEY)
 
     def spawn(self, child: Handler, kind: str) -> Handler:
         """Set up ``child`` for a loop body (``kind="loop"``) or a branch (``"branch"``)."""
@@ -223,9 +255,11 @@ class Handler:
         if kind == "loop":
             # every trace outside the body: the enclosing handlers' and their parents
             child._loop_outer = tuple(t for a in child._ancestors for t in _trace_chain(a))
+            child._loop_sites = []
             child._keys = set()
         else:
             child._loop_outer = self._loop_outer
+            child._loop_sites = self._loop_sites  # a branch's sites are its loop body's
             child._keys = set(self._keys)
         return child
 
@@ -754,8 +788,10 @@ def scan(
         user_carry, state = carry
         child = handler.spawn(handler.loop_child(state), "loop")
         with child:
-            user_carry, y = call(user_carry, x)
+            carry_out, y = call(user_carry, x)
+        child.check_loop_carry(user_carry, carry_out)
         children.append(child)
+        user_carry = carry_out
         state_out, records = child.loop_outputs()
         return (user_carry, state_out), (y, records)
 
@@ -970,6 +1006,7 @@ def switch(index: Any, branches: Sequence[Callable[..., Any]], *operands: Any) -
         def probe(i: int) -> Callable[..., Any]:
             def run(st: Any, ops: tuple) -> Any:
                 child = handler.spawn(handler.branch_child(st, i, None), "branch")
+                _same_values(handler._numbering, ops, operands)
                 with child:
                     out = branches[i](*ops)
                 # what the branch records, as shapes (its tracers die with this trace)
@@ -986,13 +1023,16 @@ def switch(index: Any, branches: Sequence[Callable[..., Any]], *operands: Any) -
             jax.eval_shape(probe(i), state, operands)
         layout = handler.branch_layout(probed)
     used: list[Handler] = []
+    outs: list[Any] = []
 
     def wrap(i: int) -> Callable[..., Any]:
         def run(st: Any, ops: tuple) -> Any:
             child = handler.spawn(handler.branch_child(st, i, layout), "branch")
+            _same_values(handler._numbering, ops, operands)
             with child:
                 out = branches[i](*ops)
             used.append(child)
+            outs.append(out)
             st_out, records = child.branch_outputs(layout)
             return out, st_out, records
 
@@ -1003,7 +1043,21 @@ def switch(index: Any, branches: Sequence[Callable[..., Any]], *operands: Any) -
     handler.absorb_branches(st_out, records, layout)
     for child in used:
         handler._keys |= child._keys
+    # an output that every branch computes alike (a key passed through) is that value
+    vn = handler._numbering
+    for leaf, *alike in zip(*map(jax.tree_util.tree_leaves, (out, *outs)), strict=True):
+        if len({vn.number(a) for a in alike}) == 1:
+            vn.alias(leaf, alike[0])
     return out
+
+
+def _same_values(numbering: ValueNumbering, inner: Any, outer: Any) -> None:
+    """Number the leaves of ``inner`` (a traced function's inputs) as those of ``outer``
+    (the values passed in for them)."""
+    for a, b in zip(
+        jax.tree_util.tree_leaves(inner), jax.tree_util.tree_leaves(outer), strict=True
+    ):
+        numbering.alias(a, b)
 
 
 def cond(pred: Any, true_fun: Callable[..., Any], false_fun: Callable[..., Any], *operands: Any):

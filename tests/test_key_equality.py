@@ -145,6 +145,140 @@ def test_loop_invariant_key_computed_in_the_body_raises():
     _raises(split_outer, THETA, est=SAD, match="outside the loop")
 
 
+def _carry_unchanged(key, theta):  # the same carry key in every iteration
+    def body(carry, _):
+        k, s = carry
+        return (k, s + je.sample(k, D.Bernoulli(logits=theta))), None
+
+    return je.scan(body, (key, 0.0), None, length=3)[0][1]
+
+
+def _carry_split_unchanged(key, theta):  # a key derived only from the unchanged carry key
+    def body(carry, _):
+        k, s = carry
+        return (k, s + je.sample(jax.random.split(k)[0], D.Poisson(theta))), None
+
+    return je.scan(body, (key, 0.0), None, length=3)[0][1]
+
+
+def _fori_carry_unchanged(key, theta):  # and from an outer value
+    def body(i, carry):
+        k, s = carry
+        return k, s + je.sample(jax.random.fold_in(k, 3), D.Poisson(theta))
+
+    return je.fori_loop(0, 3, body, (key, 0.0))[1]
+
+
+def _while_carry_unchanged(key, theta):
+    def body(carry):
+        k, s, n = carry
+        return k, s + je.sample(k, D.Poisson(theta)), n + 1
+
+    return je.while_loop(lambda c: c[2] < 3, body, (key, 0.0, 0), max_iterations=4)[1]
+
+
+CONSTANT = "does not change between iterations"
+
+
+@pytest.mark.parametrize(
+    "fn", [_carry_unchanged, _carry_split_unchanged, _fori_carry_unchanged, _while_carry_unchanged]
+)
+@pytest.mark.parametrize("est", [SF, SAD], ids=["leave_one_out", "stochastic_ad"])
+def test_carry_key_returned_unchanged_raises(fn, est):
+    _raises(fn, THETA, est=est, match=CONSTANT)
+
+
+def test_carry_key_that_changes_does_not_raise():
+    def fori_index(key, theta):  # unchanged carry key, folded with the iteration index
+        def body(i, carry):
+            k, s = carry
+            return k, s + je.sample(jax.random.fold_in(k, i), D.Poisson(theta))
+
+        return je.fori_loop(0, 3, body, (key, 0.0))[1]
+
+    def while_split(key, theta):
+        def body(carry):
+            k, s, n = carry
+            k, sub = jax.random.split(k)
+            return k, s + je.sample(sub, D.Poisson(theta)), n + 1
+
+        return je.while_loop(lambda c: c[2] < 3, body, (key, 0.0, 0), max_iterations=4)[1]
+
+    def swapped(key, theta):  # two carry keys that trade places: not returned unchanged
+        def body(carry, _):
+            a, b, s = carry
+            return (b, a, s + je.sample(a, D.Poisson(theta))), None
+
+        return je.scan(body, (key, jax.random.fold_in(key, 9), 0.0), None, length=2)[0][2]
+
+    for fn in (fori_index, while_split, swapped):
+        _traces(fn, SF, THETA)
+        _traces(fn, SAD, THETA)
+
+
+def _fold_and_index(key, theta):
+    a = je.sample(jax.random.fold_in(key, 1), D.Poisson(theta))
+    return a * je.sample(jax.random.split(key)[1], D.Poisson(theta))
+
+
+def _fold_and_unpack(key, theta):
+    _, k2 = jax.random.split(key)
+    return je.sample(jax.random.fold_in(key, 1), D.Poisson(theta)) * je.sample(k2, D.Poisson(theta))
+
+
+def _fold_and_row_of_three(key, theta):
+    a = je.sample(jax.random.split(key, 3)[2], D.Poisson(theta))
+    return a * je.sample(jax.random.fold_in(key, 2), D.Poisson(theta))
+
+
+def _raw_fold_and_unpack(key, theta):
+    k = jax.random.key_data(key)
+    _, _, k3 = jax.random.split(k, 3)
+    return je.sample(k3, D.Poisson(theta)) * je.sample(jax.random.fold_in(k, 2), D.Poisson(theta))
+
+
+def _index_and_unpack(key, theta):  # one row written two ways (equal slices)
+    _, k2 = jax.random.split(key)
+    return je.sample(jax.random.split(key)[1], D.Poisson(theta)) * je.sample(k2, D.Poisson(theta))
+
+
+@pytest.mark.parametrize(
+    "fn",
+    [
+        _fold_and_index,
+        _fold_and_unpack,
+        _fold_and_row_of_three,
+        _raw_fold_and_unpack,
+        _index_and_unpack,
+    ],
+)
+@pytest.mark.parametrize("est", [SF, SAD], ids=["leave_one_out", "stochastic_ad"])
+def test_fold_in_and_the_same_split_row_raise(fn, est):
+    _raises(fn, THETA, est=est)
+
+
+def test_fold_in_and_split_rows_are_bit_equal_only_in_partitionable_mode():
+    """The identity the numbering relies on, checked on values (typed and raw keys)."""
+    for make in (jax.random.key, jax.random.PRNGKey):
+        key = make(11)
+        for n in (2, 3):
+            rows = jax.random.key_data(jax.random.split(key, n))
+            folds = [jax.random.key_data(jax.random.fold_in(key, i)) for i in range(n)]
+            assert jax.config.jax_threefry_partitionable
+            np.testing.assert_array_equal(rows, np.stack(folds))
+            with jax.threefry_partitionable(False):
+                rows = jax.random.key_data(jax.random.split(key, n))
+                folds = [jax.random.key_data(jax.random.fold_in(key, i)) for i in range(n)]
+                assert not np.any(np.all(rows == np.stack(folds), axis=-1))
+
+
+def test_fold_in_and_split_row_are_different_keys_outside_partitionable_mode():
+    with jax.threefry_partitionable(False):
+        for fn in (_fold_and_index, _raw_fold_and_unpack):
+            _traces(fn, SF, THETA)
+        _raises(_index_and_unpack, THETA, est=SF)
+
+
 def test_equal_key_in_a_branch_and_outside_raises():
     def before(key, theta):
         x = je.sample(jax.random.split(key)[0], D.Poisson(theta))
