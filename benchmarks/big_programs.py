@@ -1,4 +1,4 @@
-"""Big programs (issue 9, "must show"): cost vs P, XLA temp memory vs loop length, variance.
+"""Big programs: cost vs P, XLA temp memory vs loop length, variance.
 
 Usage::
 

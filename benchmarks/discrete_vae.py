@@ -1,4 +1,4 @@
-"""Discrete VAE benchmark (issue 11): every discrete estimator training a Bernoulli-latent VAE.
+"""Discrete VAE benchmark: every discrete estimator training a Bernoulli-latent VAE.
 
 Run: ``python benchmarks/discrete_vae.py [--quick] [--out benchmarks/discrete_vae.png]
 [--md PATH] [--steps N] [--arch linear,nonlinear] [--only SUBSTRING]``. Prints Markdown

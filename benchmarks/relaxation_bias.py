@@ -1,4 +1,4 @@
-"""Bias and per-sample standard deviation of the straight-through family (issue 11).
+"""Bias and per-sample standard deviation of the straight-through family.
 
 (a) the three-Bernoulli toy: x_i ~ Bernoulli(sigmoid(eta_i)), eta = 0,
     f = sum_i (x_i - p_i)^2, p = (0.6, 0.51, 0.48); exact gradient (1 - 2 p) / 4.
